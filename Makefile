@@ -1,0 +1,39 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install with the tested pins.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+SAMPLES := sample_models/textbook_fresh.pt sample_models/textbook_dying.pt sample_models/cnn_dead.pt
+
+.PHONY: demo test lint bench samples clean
+
+$(VENV)/.runtime: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(PIP) -e '.[dev]'
+	touch $@
+
+$(SAMPLES) &: sample_models/make_samples.py $(VENV)/.runtime
+	$(PY) sample_models/make_samples.py
+
+samples: $(SAMPLES)
+
+demo: $(SAMPLES)
+	$(VENV)/bin/relu-doctor scan sample_models/textbook_dying.pt
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check relu_doctor tests benchmarks sample_models
+	$(VENV)/bin/ruff format --check relu_doctor tests benchmarks sample_models
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.runtime
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(SAMPLES)

@@ -1,0 +1,252 @@
+"""Per-unit statistics: on-the-spot reductions, mergeable accumulators, pure summaries.
+
+A site's activations are reduced inside the capture hook to a handful of per-unit vectors
+(O(units) memory, never O(samples x units)) that stay on the activation's device until the
+scan ends. Partial scans merge exactly: counts add, maxima take the max, so a scan can be
+split over batches, processes or machines and combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Activations whose output is exactly ``max(0, x)`` below some cap: they die like ReLU.
+RELU_FAMILY = frozenset({"ReLU", "ReLU6"})
+
+
+def other_dims(ndim: int, keep: tuple[int, ...]) -> tuple[int, ...]:
+    """The dims of an ``ndim`` tensor that are not in ``keep`` (keep must be non-negative)."""
+    return tuple(d for d in range(ndim) if d not in keep)
+
+
+def normalize_dim(dim: int, ndim: int) -> int:
+    """Map a possibly negative dim into ``range(ndim)``; ValueError when out of range."""
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"unit dim {dim} is out of range for a {ndim}-d activation")
+    return dim % ndim
+
+
+class SiteAccumulator:
+    """Running per-unit statistics of one site, kept on the activation's device.
+
+    ``observe_pre`` must see the pre-activation before an in-place op overwrites it;
+    ``observe_out`` sees the output. Neither keeps a reference to either tensor.
+    """
+
+    def __init__(self, units: int, unit_dim: int, device: torch.device, relu_like: bool) -> None:
+        self.units = units
+        self.unit_dim = unit_dim
+        self.relu_like = relu_like
+        self.samples = 0
+        self.calls = 0
+        self.elements = 0  # elements per unit seen so far (samples x positions)
+        self.grad_calls = 0
+        self.fires = torch.zeros(units, dtype=torch.int64, device=device)
+        self.max_pre = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
+        self.abs_sum = torch.zeros(units, dtype=torch.float64, device=device)
+        self.active = torch.zeros(units, dtype=torch.int64, device=device)
+        self.max_out = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
+        self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+
+    def observe_pre(self, pre: torch.Tensor, eps: float) -> None:
+        """Per-sample firing and the largest pre-activation (the dead margin) per unit."""
+        ud = self.unit_dim
+        # (N, U): the largest value each sample gives each unit; a fused amax, no bool tensor.
+        m = pre if pre.ndim == 2 else pre.amax(dim=other_dims(pre.ndim, (0, ud)))
+        # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
+        self.fires += (m > eps).sum(dim=0)
+        torch.maximum(self.max_pre, m.amax(dim=0).float(), out=self.max_pre)
+        self.samples += pre.shape[0]
+        self.calls += 1
+
+    def observe_out(self, out: torch.Tensor, eps: float) -> None:
+        """Activation mass (for the dormant score) and active-element counts (for sparsity)."""
+        dims = other_dims(out.ndim, (self.unit_dim,))
+        if self.relu_like:
+            # Outputs are >= 0, so |h| = h and "> 0" is a plain non-zero count.
+            self.abs_sum += out.sum(dim=dims, dtype=torch.float32)
+            active = torch.count_nonzero(out, dim=dims) if eps == 0 else (out > eps).sum(dims)
+        else:
+            self.abs_sum += out.abs().sum(dim=dims, dtype=torch.float32)
+            active = (out > eps).sum(dim=dims)
+            torch.maximum(self.max_out, out.amax(dim=dims).float(), out=self.max_out)
+        self.active += active
+        self.elements += out.numel() // self.units
+
+    def observe_grad(self, grad_input: torch.Tensor) -> None:
+        """One batch's L2 norm of the loss gradient w.r.t. the site's input."""
+        self.grad_norm_sum += torch.linalg.vector_norm(grad_input, dtype=torch.float32)
+        self.grad_calls += 1
+
+    def all_reduce(self, group: Any = None) -> None:
+        """Combine this accumulator across ``torch.distributed`` ranks in place."""
+        import torch.distributed as dist
+
+        device = self.fires.device
+        counts = torch.tensor(
+            [self.samples, self.calls, self.elements, self.grad_calls], device=device
+        )
+        for t in (counts, self.fires, self.abs_sum, self.active, self.grad_norm_sum):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        for t in (self.max_pre, self.max_out):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        self.samples, self.calls, self.elements, self.grad_calls = (int(v) for v in counts.tolist())
+
+    def finalize(self) -> UnitStats:
+        """Copy to host once, at the end of the scan."""
+        return UnitStats(
+            samples=self.samples,
+            calls=self.calls,
+            elements=self.elements,
+            grad_calls=self.grad_calls,
+            fires=self.fires.cpu().numpy().copy(),
+            max_pre=self.max_pre.double().cpu().numpy().copy(),
+            abs_sum=self.abs_sum.cpu().numpy().copy(),
+            active=self.active.cpu().numpy().copy(),
+            max_out=None if self.relu_like else self.max_out.double().cpu().numpy().copy(),
+            grad_norm_sum=float(self.grad_norm_sum),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class UnitStats:
+    """Host copy of a site's raw per-unit statistics; ``merge`` combines partial scans."""
+
+    samples: int
+    calls: int
+    elements: int
+    grad_calls: int
+    fires: np.ndarray
+    max_pre: np.ndarray
+    abs_sum: np.ndarray
+    active: np.ndarray
+    max_out: np.ndarray | None
+    grad_norm_sum: float
+
+    @property
+    def units(self) -> int:
+        return int(self.fires.shape[0])
+
+    def merge(self, other: UnitStats) -> UnitStats:
+        """Statistics of both scans together (the scan of A then B)."""
+        if other.units != self.units:
+            raise ValueError(f"cannot merge sites with {self.units} and {other.units} units")
+        max_out = None
+        if self.max_out is not None and other.max_out is not None:
+            max_out = np.maximum(self.max_out, other.max_out)
+        return UnitStats(
+            samples=self.samples + other.samples,
+            calls=self.calls + other.calls,
+            elements=self.elements + other.elements,
+            grad_calls=self.grad_calls + other.grad_calls,
+            fires=self.fires + other.fires,
+            max_pre=np.maximum(self.max_pre, other.max_pre),
+            abs_sum=self.abs_sum + other.abs_sum,
+            active=self.active + other.active,
+            max_out=max_out,
+            grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
+        )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The knobs of section 2 of the design: firing threshold, near-dead rate, ReDo tau."""
+
+    eps: float = 0.0
+    near_dead: float = 0.01
+    tau: float = 0.025
+
+
+def activation_of_max(activation: str, max_pre: np.ndarray) -> np.ndarray:
+    """Largest output per unit from the largest pre-activation (ReLU and ReLU6 are monotone)."""
+    out = np.maximum(max_pre, 0.0)
+    return np.minimum(out, 6.0) if activation == "ReLU6" else out
+
+
+@dataclass(frozen=True, eq=False)
+class UnitMetrics:
+    """Per-unit metrics derived from ``UnitStats`` (the per-unit dump)."""
+
+    firing_rate: np.ndarray
+    finite: np.ndarray
+    dead: np.ndarray
+    near_dead: np.ndarray
+    score: np.ndarray
+    dormant: np.ndarray
+    mean_abs: np.ndarray
+    max_activation: np.ndarray
+    sparsity: np.ndarray
+
+
+def unit_metrics(stats: UnitStats, activation: str, th: Thresholds) -> UnitMetrics:
+    """Firing rate, dead / near-dead / dormant flags and the ReDo score of every unit."""
+    samples = max(stats.samples, 1)
+    elements = max(stats.elements, 1)
+    rate = stats.fires / samples
+    finite = np.isfinite(stats.abs_sum) & ~np.isnan(stats.max_pre)
+    dead = (stats.fires == 0) & finite & (stats.samples > 0)
+    near = (rate > 0) & (rate < th.near_dead) & finite
+    mean_abs = stats.abs_sum / elements
+    layer_mean = float(np.mean(mean_abs[finite])) if finite.any() else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
+    dormant = (score <= th.tau) & finite
+    if stats.max_out is not None:
+        max_act = stats.max_out
+    else:
+        max_act = activation_of_max(activation, stats.max_pre)
+    return UnitMetrics(
+        firing_rate=rate,
+        finite=finite,
+        dead=dead,
+        near_dead=near,
+        score=score,
+        dormant=dormant,
+        mean_abs=mean_abs,
+        max_activation=max_act,
+        sparsity=1.0 - stats.active / elements,
+    )
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    """The per-site numbers of the report table (section 3 of the design)."""
+
+    units: int
+    samples: int
+    calls: int
+    dead: int
+    dead_fraction: float
+    near_dead: int
+    dormant: int
+    sparsity: float
+    max_activation: float | None
+    dead_margin: float | None
+    grad_norm: float | None
+    nonfinite: int
+
+
+def summarize(stats: UnitStats, activation: str, th: Thresholds) -> SiteSummary:
+    """Reduce per-unit statistics to one table row."""
+    m = unit_metrics(stats, activation, th)
+    dead = int(m.dead.sum())
+    finite_max = m.max_activation[np.isfinite(m.max_activation)]
+    total = stats.elements * stats.units
+    return SiteSummary(
+        units=stats.units,
+        samples=stats.samples,
+        calls=stats.calls,
+        dead=dead,
+        dead_fraction=dead / stats.units if stats.units else 0.0,
+        near_dead=int(m.near_dead.sum()),
+        dormant=int(m.dormant.sum()),
+        sparsity=float(1.0 - stats.active.sum() / total) if total else 0.0,
+        max_activation=float(finite_max.max()) if finite_max.size else None,
+        dead_margin=float(np.median(stats.max_pre[m.dead])) if dead else None,
+        grad_norm=stats.grad_norm_sum / stats.grad_calls if stats.grad_calls else None,
+        nonfinite=int((~m.finite).sum()),
+    )
