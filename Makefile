@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
-SAMPLES := sample_models/textbook_fresh.pt sample_models/textbook_dying.pt sample_models/cnn_dead.pt
+SAMPLES := sample_models/textbook_fresh.pt sample_models/textbook_dying.pt \
+           sample_models/cnn_dead.pt sample_models/textbook_data.pt
 
 .PHONY: demo test lint bench samples clean
 

@@ -24,8 +24,9 @@ Progress = Callable[[int, int | None], None]
 DEFAULT_SYNTHETIC_BATCHES = 8
 
 
-def resolve_device(device: str | torch.device | None, model: nn.Module | None = None
-                   ) -> torch.device:
+def resolve_device(
+    device: str | torch.device | None, model: nn.Module | None = None
+) -> torch.device:
     """``None``: where the model is; ``auto``: CUDA when available; else as given."""
     if device is None:
         return model_device(model) if model is not None else torch.device("cpu")
@@ -73,8 +74,14 @@ def _run(module: nn.Module, batch: Batch) -> Any:
     return module(*batch.args, **batch.kwargs)
 
 
-def _probe(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-           high: int, rows: int) -> tuple[int, ...]:
+def _probe(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    high: int,
+    rows: int,
+) -> tuple[int, ...]:
     """Find a spatial size the model accepts when the default one does not fit."""
     candidates = [shape]
     if len(shape) > 1:
@@ -82,8 +89,11 @@ def _probe(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device
         candidates += [(shape[0], *([s] * rank)) for s in inputs.SPATIAL_FALLBACKS.get(rank, [])]
     first: Exception | None = None
     for cand in dict.fromkeys(candidates):
-        batch = next(inputs.synthetic_batches(
-            cand, batch_size=rows, batches=1, seed=0, device=device, dtype=dtype, int_high=high))
+        batch = next(
+            inputs.synthetic_batches(
+                cand, batch_size=rows, batches=1, seed=0, device=device, dtype=dtype, int_high=high
+            )
+        )
         try:
             with torch.no_grad():
                 _run(module, batch)
@@ -103,14 +113,17 @@ def _short(exc: BaseException | None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _synthetic(module: nn.Module, source: str, input_shape: tuple[int, ...] | None,
-               batch_size: int, batches: int, seed: int, device: torch.device,
-               exported: Any) -> Iterator[Batch]:
-    dtype, high = torch.float32, 2
-    for mod in module.modules():
-        if isinstance(mod, nn.Embedding | nn.EmbeddingBag):
-            high = mod.num_embeddings
-            break
+def _synthetic(
+    module: nn.Module,
+    source: str,
+    input_shape: tuple[int, ...] | None,
+    batch_size: int,
+    batches: int,
+    seed: int,
+    device: torch.device,
+    exported: Any,
+) -> Iterator[Batch]:
+    dtype, high = torch.float32, inputs.infer_int_high(module) or 2
     if input_shape is None:
         inferred = inputs.infer_input_shape(module)
         if inferred is None and exported is not None and exported.example_inputs:
@@ -126,8 +139,15 @@ def _synthetic(module: nn.Module, source: str, input_shape: tuple[int, ...] | No
         shape = _probe(module, shape, dtype, device, high, min(batch_size, 2))
     else:
         shape = input_shape
-    return inputs.synthetic_batches(shape, batch_size=batch_size, batches=batches, seed=seed,
-                                    device=device, dtype=dtype, int_high=high)
+    return inputs.synthetic_batches(
+        shape,
+        batch_size=batch_size,
+        batches=batches,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        int_high=high,
+    )
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -150,8 +170,9 @@ def loss_of(output: Any, targets: torch.Tensor | None) -> torch.Tensor | None:
     if not outs:
         return None
     if targets is None:
-        total = sum(0.5 * t.float().pow(2).sum() / max(t.shape[0] if t.ndim else 1, 1)
-                    for t in outs)
+        total = sum(
+            0.5 * t.float().pow(2).sum() / max(t.shape[0] if t.ndim else 1, 1) for t in outs
+        )
         return total if isinstance(total, torch.Tensor) else None
     out = outs[0]
     if not targets.is_floating_point() and out.ndim >= 2 and out.shape[0] == targets.shape[0]:
@@ -198,13 +219,18 @@ class _ParamGrads:
 
 def _grad_inputs(batch: Batch) -> Batch:
     """A frozen model still gets site gradients: make float inputs require grad."""
+
     def lift(v: Any) -> Any:
         if isinstance(v, torch.Tensor) and v.is_floating_point():
             return v.detach().requires_grad_(True)
         return v
 
-    return Batch(tuple(lift(a) for a in batch.args), {k: lift(v) for k, v in batch.kwargs.items()},
-                 batch.targets, batch.rows)
+    return Batch(
+        tuple(lift(a) for a in batch.args),
+        {k: lift(v) for k, v in batch.kwargs.items()},
+        batch.targets,
+        batch.rows,
+    )
 
 
 def scan(
@@ -251,7 +277,8 @@ def scan(
         if data is None:
             count = DEFAULT_SYNTHETIC_BATCHES if batches is None else batches
             stream: Iterable[Batch] = _synthetic(
-                module, source, input_shape, batch_size, count, seed, dev, exported)
+                module, source, input_shape, batch_size, count, seed, dev, exported
+            )
             total: int | None = count
         else:
             stream = inputs.limit(inputs.as_batches(data, batch_size), batches)
@@ -259,11 +286,18 @@ def scan(
         resolver = make_resolver(module, source)
         from relu_doctor.assemble import build_report
 
-        captured = _scan_batches(module, resolver, stream, th, grad, unit_dim, dev, total,
-                                 progress, distributed)
+        captured = _scan_batches(
+            module, resolver, stream, th, grad, unit_dim, dev, total, progress, distributed
+        )
         return build_report(
-            name or getattr(module, "original_name", type(module).__name__), captured, resolver, th,
-            grad=grad, mode=mode, device=str(dev), source=source,
+            name or str(getattr(module, "original_name", type(module).__name__)),
+            captured,
+            resolver,
+            th,
+            grad=grad,
+            mode=mode,
+            device=str(dev),
+            source=source,
         )
 
 
@@ -276,8 +310,9 @@ def _length(data: Any, batch_size: int) -> int | None:
         return None
 
 
-def _check_args(batch_size: int, batches: int | None, mode: str, eps: float,
-                near_dead: float, tau: float) -> None:
+def _check_args(
+    batch_size: int, batches: int | None, mode: str, eps: float, near_dead: float, tau: float
+) -> None:
     inputs.check_batch_args(batch_size, batches)
     if mode not in ("eval", "train"):
         raise UsageError(f"mode must be 'eval' or 'train', got {mode!r}")
@@ -289,9 +324,18 @@ def _check_args(batch_size: int, batches: int | None, mode: str, eps: float,
         raise UsageError(f"--tau must be >= 0, got {tau}")
 
 
-def _scan_batches(module: nn.Module, resolver: Resolver, stream: Iterable[Batch],
-                  th: Thresholds, grad: bool, unit_dim: int | None, dev: torch.device,
-                  total: int | None, progress: Progress | None, distributed: bool) -> Any:
+def _scan_batches(
+    module: nn.Module,
+    resolver: Resolver,
+    stream: Iterable[Batch],
+    th: Thresholds,
+    grad: bool,
+    unit_dim: int | None,
+    dev: torch.device,
+    total: int | None,
+    progress: Progress | None,
+    distributed: bool,
+) -> Any:
     from relu_doctor.assemble import Captured
 
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -322,12 +366,19 @@ def _scan_batches(module: nn.Module, resolver: Resolver, stream: Iterable[Batch]
             cap.all_reduce()
             pgrads.all_reduce()
             rows, done = _sum_counts(rows, done, dev)
-        return Captured(cap.results(), pgrads.result() if grad else [], rows, done,
-                        tuple(dict.fromkeys(warnings)), cap.ops_seen)
+        return Captured(
+            cap.results(),
+            pgrads.result() if grad else [],
+            rows,
+            done,
+            tuple(dict.fromkeys(warnings)),
+            cap.ops_seen,
+        )
 
 
-def _step(module: nn.Module, batch: Batch, grad: bool, params: list[nn.Parameter],
-          warnings: list[str]) -> tuple[torch.Tensor | None, ...] | None:
+def _step(
+    module: nn.Module, batch: Batch, grad: bool, params: list[nn.Parameter], warnings: list[str]
+) -> tuple[torch.Tensor | None, ...] | None:
     """One forward, and with ``grad`` one backward through ``autograd.grad`` (which never
     touches ``.grad``)."""
     if not grad:
@@ -339,7 +390,8 @@ def _step(module: nn.Module, batch: Batch, grad: bool, params: list[nn.Parameter
     if loss is None or not loss.requires_grad:
         warnings.append("the model's output carries no gradient; grad_norm is empty")
         return None
-    wrt = list(params) or [t for t in _tensors((batch.args, batch.kwargs)) if t.requires_grad]
+    wrt: list[torch.Tensor] = list(params)
+    wrt = wrt or [t for t in _tensors((batch.args, batch.kwargs)) if t.requires_grad]
     if not wrt:
         return None
     try:

@@ -19,6 +19,8 @@ from relu_doctor.config import load_config
 from relu_doctor.errors import ReluDoctorError
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_ERROR = 0, 1, 2
+# click >= 8.2 raises this for a group called without a command; older clicks print help.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _fail(message: str, debug: bool) -> NoReturn:
@@ -37,8 +39,8 @@ class DoctorGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             code = super().main(argv, *pargs, **kwargs)
-        except click.exceptions.NoArgsIsHelp as exc:
-            click.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
+        except _NO_ARGS_IS_HELP as exc:  # `relu-doctor` alone: help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(EXIT_OK)
         except click.ClickException as exc:
             _fail(exc.format_message(), debug)
@@ -77,44 +79,103 @@ def main(ctx: click.Context) -> None:
 def scan_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by the commands that scan a model."""
     options = [
-        click.option("--arch", metavar="MODULE:CALLABLE",
-                     help="Builds the model that a state dict fills (also path/to/file.py:Name)."),
-        click.option("--trust", is_flag=True,
-                     help="Allow a pickle to run code (only for files you trust). "
-                     "Also RELU_DOCTOR_TRUST=1."),
-        click.option("--input-shape", metavar="SHAPE",
-                     help="One sample's shape for synthetic inputs, e.g. 784 or 3,32,32."),
-        click.option("--data", metavar="FILE|MODULE:CALLABLE",
-                     help="Your data: .pt .npy .npz .csv .parquet, or a callable that returns "
-                     "an iterable of batches."),
-        click.option("--batch-size", type=int, default=32, show_default=True,
-                     help="Samples per batch."),
-        click.option("--batches", type=int, default=None,
-                     help="Batches to scan [default: 8 synthetic, or all of --data]."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the synthetic inputs."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     show_default=True, help="Where to run the scan."),
-        click.option("--mode", type=click.Choice(["eval", "train"]), default="eval",
-                     show_default=True, help="Module mode during the scan (restored after)."),
-        click.option("--grad/--no-grad", default=True, show_default=True,
-                     help="Also run a backward pass for gradient norms."),
-        click.option("--eps", type=float, default=0.0, show_default=True,
-                     help="A unit fires on a sample when an output element is > eps."),
-        click.option("--near-dead", type=float, default=0.01, show_default=True,
-                     help="Firing rate below which a live unit counts as near-dead."),
-        click.option("--tau", type=float, default=0.025, show_default=True,
-                     help="ReDo dormant threshold on the normalised activation score."),
-        click.option("--unit-dim", type=int, default=None,
-                     help="Dim that holds the units of every site [default: features of "
-                     "(N,F), channels of conv outputs, last dim after a Linear]."),
-        click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "markdown"]),
-                     default=None, help="Output format [default: table, or from -o's extension]."),
-        click.option("-o", "--output", metavar="FILE",
-                     help="Write the report to FILE (.csv .json .md .txt); the table still "
-                     "prints."),
-        click.option("--per-unit", metavar="FILE",
-                     help="Write one row per unit to FILE (.csv .json .md)."),
+        click.option(
+            "--arch",
+            metavar="MODULE:CALLABLE",
+            help="Builds the model that a state dict fills (also path/to/file.py:Name).",
+        ),
+        click.option(
+            "--trust",
+            is_flag=True,
+            help="Allow a pickle to run code (only for files you trust). Also RELU_DOCTOR_TRUST=1.",
+        ),
+        click.option(
+            "--input-shape",
+            metavar="SHAPE",
+            help="One sample's shape for synthetic inputs, e.g. 784 or 3,32,32.",
+        ),
+        click.option(
+            "--data",
+            metavar="FILE|MODULE:CALLABLE",
+            help="Your data: .pt .npy .npz .csv .parquet, or a callable that returns "
+            "an iterable of batches.",
+        ),
+        click.option(
+            "--batch-size", type=int, default=32, show_default=True, help="Samples per batch."
+        ),
+        click.option(
+            "--batches",
+            type=int,
+            default=None,
+            help="Batches to scan [default: 8 synthetic, or all of --data].",
+        ),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs."
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where to run the scan.",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["eval", "train"]),
+            default="eval",
+            show_default=True,
+            help="Module mode during the scan (restored after).",
+        ),
+        click.option(
+            "--grad/--no-grad",
+            default=True,
+            show_default=True,
+            help="Also run a backward pass for gradient norms.",
+        ),
+        click.option(
+            "--eps",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="A unit fires on a sample when an output element is > eps.",
+        ),
+        click.option(
+            "--near-dead",
+            type=float,
+            default=0.01,
+            show_default=True,
+            help="Firing rate below which a live unit counts as near-dead.",
+        ),
+        click.option(
+            "--tau",
+            type=float,
+            default=0.025,
+            show_default=True,
+            help="ReDo dormant threshold on the normalised activation score.",
+        ),
+        click.option(
+            "--unit-dim",
+            type=int,
+            default=None,
+            help="Dim that holds the units of every site [default: features of "
+            "(N,F), channels of conv outputs, last dim after a Linear].",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "csv", "json", "markdown"]),
+            default=None,
+            help="Output format [default: table, or from -o's extension].",
+        ),
+        click.option(
+            "-o",
+            "--output",
+            metavar="FILE",
+            help="Write the report to FILE (.csv .json .md .txt); the table still prints.",
+        ),
+        click.option(
+            "--per-unit", metavar="FILE", help="Write one row per unit to FILE (.csv .json .md)."
+        ),
         click.option("--debug", is_flag=True, help="Show tracebacks."),
     ]
     for option in reversed(options):

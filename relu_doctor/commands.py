@@ -6,8 +6,9 @@ from typing import Any
 
 from relu_doctor import export, render
 from relu_doctor.api import resolve_device, scan
+from relu_doctor.datafiles import load_data
 from relu_doctor.errors import UsageError
-from relu_doctor.inputs import check_batch_args, load_data, parse_input_shape
+from relu_doctor.inputs import check_batch_args, parse_input_shape
 from relu_doctor.loading import load_model, trust_from_env
 from relu_doctor.report import ModelReport
 
@@ -43,30 +44,43 @@ def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
         with render.progress_bar(f"scanning {loaded.name}") as progress:
             reports.append(
                 scan(
-                    loaded, data, batch_size=opts["batch_size"], batches=opts.get("batches"),
-                    grad=opts["grad"], mode=opts["mode"], device=device, eps=opts["eps"],
-                    input_shape=shape, seed=opts["seed"], unit_dim=opts.get("unit_dim"),
-                    near_dead=opts["near_dead"], tau=opts["tau"], name=loaded.name,
+                    loaded,
+                    data,
+                    batch_size=opts["batch_size"],
+                    batches=opts.get("batches"),
+                    grad=opts["grad"],
+                    mode=opts["mode"],
+                    device=device,
+                    eps=opts["eps"],
+                    input_shape=shape,
+                    seed=opts["seed"],
+                    unit_dim=opts.get("unit_dim"),
+                    near_dead=opts["near_dead"],
+                    tau=opts["tau"],
+                    name=loaded.name,
                     progress=progress,
                 )
             )
     return reports
 
 
-def write_outputs(reports: list[ModelReport], opts: dict[str, Any],
-                  formats: tuple[str, str | None, str | None]) -> None:
+def write_outputs(
+    reports: list[ModelReport], opts: dict[str, Any], formats: tuple[str, str | None, str | None]
+) -> None:
     stdout_fmt, file_fmt, unit_fmt = formats
     if stdout_fmt == "table":
         render.print_reports(reports)
     else:
-        render.out_console().out(export.report_text(reports, stdout_fmt), end="",
-                                 highlight=False)
+        render.out_console().out(export.report_text(reports, stdout_fmt), end="", highlight=False)
         for r in reports:
             for w in r.warnings:
                 render.err_console().print(f"[yellow]warning:[/yellow] {w}")
     if file_fmt:
-        text = render.plain_table(reports) if file_fmt == "table" else export.report_text(
-            reports, file_fmt)
+        text = (
+            render.plain_table(reports)
+            if file_fmt == "table"
+            else export.report_text(reports, file_fmt)
+        )
         export.write_atomic(opts["output"], text)
         render.err_console().print(f"wrote {opts['output']}")
     if unit_fmt:

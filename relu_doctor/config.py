@@ -11,8 +11,24 @@ from relu_doctor.errors import UsageError
 #: Config keys (dashes or underscores) -> click parameter names.
 _RENAMES = {"format": "fmt"}
 KNOWN = {
-    "arch", "trust", "input_shape", "data", "batch_size", "batches", "seed", "device", "mode",
-    "grad", "eps", "near_dead", "tau", "unit_dim", "fmt", "output", "per_unit", "debug",
+    "arch",
+    "trust",
+    "input_shape",
+    "data",
+    "batch_size",
+    "batches",
+    "seed",
+    "device",
+    "mode",
+    "grad",
+    "eps",
+    "near_dead",
+    "tau",
+    "unit_dim",
+    "fmt",
+    "output",
+    "per_unit",
+    "debug",
 }
 
 

@@ -106,8 +106,10 @@ def units_text(reports: list[ModelReport], fmt: str) -> str:
     if fmt == "markdown":
         cols = list(frame.columns)
         lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_md_cell(v) for v in rec) + " |" for rec in frame.itertuples(
-            index=False)]
+        lines += [
+            "| " + " | ".join(_md_cell(v) for v in rec) + " |"
+            for rec in frame.itertuples(index=False)
+        ]
         return "\n".join(lines) + "\n"
     return frame.to_csv(index=False)
 

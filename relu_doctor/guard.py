@@ -11,10 +11,10 @@ from torch import nn
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the first parameter or buffer (CPU for a stateless model)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

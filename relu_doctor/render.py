@@ -5,6 +5,7 @@ The only module besides ``cli.py`` that writes to the terminal; both consoles li
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -79,8 +80,17 @@ def site_table(report: ModelReport) -> Table:
     table = Table(title=f"[bold]{report.model}[/bold]", title_justify="left", expand=False)
     table.add_column("site", no_wrap=True, overflow="fold")
     table.add_column("kind", no_wrap=True)
-    for header in ("units", "dead", "dead%", "near", "dormant", "sparsity", "max act", "margin",
-                   "grad"):
+    for header in (
+        "units",
+        "dead",
+        "dead%",
+        "near",
+        "dormant",
+        "sparsity",
+        "max act",
+        "margin",
+        "grad",
+    ):
         table.add_column(header, justify="right", no_wrap=True)
     for s in report.sites:
         table.add_row(*_site_row(s))
@@ -147,17 +157,9 @@ def print_reports(reports: list[ModelReport], console: Console | None = None) ->
 
 def plain_table(reports: list[ModelReport]) -> str:
     """The terminal view without colours, for ``-o report.txt``."""
-    console = Console(record=True, width=140, color_system=None, file=_Null())
+    console = Console(record=True, width=140, color_system=None, file=io.StringIO())
     print_reports(reports, console)
     return console.export_text()
-
-
-class _Null:
-    def write(self, _: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
 
 
 @contextmanager

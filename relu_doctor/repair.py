@@ -11,6 +11,25 @@ from relu_doctor.report import SiteStats, Suggestion
 #: A margin deeper than this share of the live units' typical peak counts as "far below zero".
 SHALLOW_MARGIN = 0.5
 
+_LEAKY = (
+    "{share} but sit just below zero (median margin {margin:.3g}, live units peak near "
+    "{scale:.3g}): LeakyReLU(0.01) passes them a gradient so they can recover"
+)
+_REINIT = (
+    "{share} and sit far below zero (median margin {margin:.3g}, {where}): a leaky slope "
+    "would pass only ~1% of the gradient; re-initialise their incoming weights and zero "
+    "their outgoing weights (ReDo)"
+)
+_PRELU = (
+    "{fraction:.0%} of the layer is dead: PReLU learns a negative slope per channel and keeps "
+    "every unit trainable"
+)
+_ELU = (
+    "{fraction:.0%} of all ReLU units are dead across {sites} sites: ELU has a smooth "
+    "negative side that never stops the gradient; also check the learning rate and "
+    "initialisation, the usual causes of mass dying"
+)
+
 
 def _live_scale(site: SiteStats) -> float | None:
     """Median peak pre-activation of the units that fire: the layer's working scale."""
@@ -25,23 +44,16 @@ def _site_suggestions(site: SiteStats) -> list[Suggestion]:
     if not site.counted or not site.dead or site.dead_margin is None:
         return []
     share = f"{site.dead} of {site.units} units never fire"
-    margin = site.dead_margin
-    scale = _live_scale(site)
-    out = []
+    margin, scale = site.dead_margin, _live_scale(site)
     if scale is not None and margin > -SHALLOW_MARGIN * scale:
-        out.append(Suggestion(site.site, "leaky_relu", (
-            f"{share} but sit just below zero (median margin {margin:.3g}, live units peak "
-            f"near {scale:.3g}): LeakyReLU(0.01) passes them a gradient so they can recover")))
+        text = _LEAKY.format(share=share, margin=margin, scale=scale)
+        out = [Suggestion(site.site, "leaky_relu", text)]
     else:
         where = f"live units peak near {scale:.3g}" if scale is not None else "no unit fires"
-        out.append(Suggestion(site.site, "reinit", (
-            f"{share} and sit far below zero (median margin {margin:.3g}, {where}): a leaky "
-            "slope would pass only ~1% of the gradient; re-initialise their incoming weights "
-            "and zero their outgoing weights (ReDo)")))
+        text = _REINIT.format(share=share, margin=margin, where=where)
+        out = [Suggestion(site.site, "reinit", text)]
     if site.dead_fraction is not None and site.dead_fraction >= 0.5:
-        out.append(Suggestion(site.site, "prelu", (
-            f"{site.dead_fraction:.0%} of the layer is dead: PReLU learns a negative slope per "
-            "channel and keeps every unit trainable")))
+        out.append(Suggestion(site.site, "prelu", _PRELU.format(fraction=site.dead_fraction)))
     return out
 
 
@@ -50,8 +62,6 @@ def suggest(sites: tuple[SiteStats, ...], dead_fraction: float) -> list[Suggesti
     out = [s for site in sites for s in _site_suggestions(site)]
     dying = [s for s in sites if s.counted and s.dead]
     if dead_fraction >= 0.2 and len(dying) > 1:
-        out.append(Suggestion("*", "elu", (
-            f"{dead_fraction:.0%} of all ReLU units are dead across {len(dying)} sites: ELU has "
-            "a smooth negative side that never stops the gradient; also check the learning "
-            "rate and initialisation, the usual causes of mass dying")))
+        text = _ELU.format(fraction=dead_fraction, sites=len(dying))
+        out.append(Suggestion("*", "elu", text))
     return out

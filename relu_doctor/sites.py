@@ -284,9 +284,7 @@ def script_resolver(model: torch.jit.ScriptModule) -> StaticResolver:
     graph = model.inlined_graph
     torch._C._jit_pass_constant_propagation(graph)  # fold `if inplace:` branches
     calls = [c for n in _script_nodes(graph) if (c := _script_call(n)) is not None]
-    declared = {
-        path: act for path, mod in model.named_modules() if (act := script_activation(mod))
-    }
+    declared = {path: act for path, mod in model.named_modules() if (act := script_activation(mod))}
     return StaticResolver("script", calls, declared)
 
 
@@ -313,7 +311,7 @@ def _export_call(node: Any) -> StaticCall | None:
     if op is None:
         return None
     if op == "hardtanh":
-        lo, hi = (list(node.args) + [-1.0, 1.0])[1:3]
+        lo, hi = [*node.args, -1.0, 1.0][1:3]
         if not _is_relu6_bounds(node.kwargs.get("min_val", lo), node.kwargs.get("max_val", hi)):
             return None
         op = "relu6"

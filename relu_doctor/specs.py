@@ -16,7 +16,7 @@ from relu_doctor.errors import UsageError
 
 
 def looks_like_spec(text: str) -> bool:
-    """True for `pkg.mod:attr` or `file.py:attr`, false for plain paths (also `C:\\x` on Windows)."""
+    """True for `pkg.mod:attr` or `file.py:attr`; false for plain paths (`C:\\x` too)."""
     if ":" not in text:
         return False
     left, _, right = text.rpartition(":")

@@ -35,6 +35,12 @@ class SiteAccumulator:
 
     ``observe_pre`` must see the pre-activation before an in-place op overwrites it;
     ``observe_out`` sees the output. Neither keeps a reference to either tensor.
+
+    Speed matters here (it runs inside every ReLU call): reductions go over the inner,
+    contiguous dims first and then over the batch, and counts are float sums of 0/1
+    tensors, which CPU kernels vectorise, instead of boolean reductions, which they do not.
+    Counts are exact: float32 per batch (< 2**24 elements per unit and sample), float64
+    across batches.
     """
 
     def __init__(self, units: int, unit_dim: int, device: torch.device, relu_like: bool) -> None:
@@ -45,36 +51,49 @@ class SiteAccumulator:
         self.calls = 0
         self.elements = 0  # elements per unit seen so far (samples x positions)
         self.grad_calls = 0
-        self.fires = torch.zeros(units, dtype=torch.int64, device=device)
+        self.fires = torch.zeros(units, dtype=torch.float64, device=device)
         self.max_pre = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
         self.abs_sum = torch.zeros(units, dtype=torch.float64, device=device)
-        self.active = torch.zeros(units, dtype=torch.int64, device=device)
+        self.active = torch.zeros(units, dtype=torch.float64, device=device)
         self.max_out = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
 
+    def _inner(self, ndim: int) -> tuple[int, ...]:
+        return other_dims(ndim, (0, self.unit_dim))
+
     def observe_pre(self, pre: torch.Tensor, eps: float) -> None:
-        """Per-sample firing and the largest pre-activation (the dead margin) per unit."""
-        ud = self.unit_dim
+        """Largest pre-activation per unit (the dead margin) and, unless the output can tell,
+        per-sample firing."""
         # (N, U): the largest value each sample gives each unit; a fused amax, no bool tensor.
-        m = pre if pre.ndim == 2 else pre.amax(dim=other_dims(pre.ndim, (0, ud)))
-        # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
-        self.fires += (m > eps).sum(dim=0)
+        m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
         torch.maximum(self.max_pre, m.amax(dim=0).float(), out=self.max_pre)
+        if not (self.relu_like and eps == 0):
+            # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
+            self.fires += (m > eps).sum(dim=0)
         self.samples += pre.shape[0]
         self.calls += 1
 
     def observe_out(self, out: torch.Tensor, eps: float) -> None:
-        """Activation mass (for the dormant score) and active-element counts (for sparsity)."""
-        dims = other_dims(out.ndim, (self.unit_dim,))
+        """Activation mass (dormant score), active elements (sparsity); for ReLU at eps 0 also
+        per-sample firing, since a ReLU output is > 0 exactly where its input is."""
+        f32 = torch.float32
         if self.relu_like:
-            # Outputs are >= 0, so |h| = h and "> 0" is a plain non-zero count.
-            self.abs_sum += out.sum(dim=dims, dtype=torch.float32)
-            active = torch.count_nonzero(out, dim=dims) if eps == 0 else (out > eps).sum(dims)
+            mass = out  # |h| = h
+            pos = torch.sign(out) if eps == 0 else (out > eps).to(f32)  # 0/1 per element
         else:
-            self.abs_sum += out.abs().sum(dim=dims, dtype=torch.float32)
-            active = (out > eps).sum(dim=dims)
-            torch.maximum(self.max_out, out.amax(dim=dims).float(), out=self.max_out)
+            mass = out.abs()
+            pos = (out > eps).to(f32)
+            mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
+            torch.maximum(self.max_out, mx.amax(dim=0).float(), out=self.max_out)
+        if out.ndim > 2:  # inner dims first, then the batch
+            inner = self._inner(out.ndim)
+            mass = mass.sum(dim=inner, dtype=f32)
+            pos = pos.sum(dim=inner, dtype=f32)
+        active = pos.sum(dim=0, dtype=f32)
+        self.abs_sum += mass.sum(dim=0, dtype=f32)
         self.active += active
+        if self.relu_like and eps == 0:
+            self.fires += active if out.ndim == 2 else (pos > 0).sum(dim=0)
         self.elements += out.numel() // self.units
 
     def observe_grad(self, grad_input: torch.Tensor) -> None:
@@ -103,13 +122,18 @@ class SiteAccumulator:
             calls=self.calls,
             elements=self.elements,
             grad_calls=self.grad_calls,
-            fires=self.fires.cpu().numpy().copy(),
+            fires=_counts(self.fires),
             max_pre=self.max_pre.double().cpu().numpy().copy(),
             abs_sum=self.abs_sum.cpu().numpy().copy(),
-            active=self.active.cpu().numpy().copy(),
+            active=_counts(self.active),
             max_out=None if self.relu_like else self.max_out.double().cpu().numpy().copy(),
             grad_norm_sum=float(self.grad_norm_sum),
         )
+
+
+def _counts(t: torch.Tensor) -> np.ndarray:
+    """Float-summed counts to int64; NaN (a unit that saw NaN) counts as 0, flagged elsewhere."""
+    return np.nan_to_num(t.cpu().numpy(), nan=0.0, posinf=0.0).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
