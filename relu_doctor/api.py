@@ -100,10 +100,10 @@ def _probe(
             return cand
         except Exception as exc:  # the model's own error: try the next size
             first = first or exc
-    layer = _first_layer(module)
+    layer = " ".join(("layer", _first_layer(module))).strip()
     raise InputError(
-        f"the model rejects synthetic inputs of shape {shape} inferred from its first layer "
-        f"{layer}: {type(first).__name__}: {_short(first)}. Pass --input-shape with one sample's "
+        f"the model rejects synthetic inputs of shape {shape} inferred from its first {layer}: "
+        f"{type(first).__name__}: {_short(first)}. Pass --input-shape with one sample's "
         "shape, e.g. --input-shape 3,32,32"
     )
 
@@ -136,7 +136,8 @@ def _synthetic(
                 "pass --input-shape with one sample's shape (e.g. 784 or 3,32,32) or --data"
             )
         shape, dtype = inferred
-        shape = _probe(module, shape, dtype, device, high, min(batch_size, 2))
+        if len(shape) > 1 and source != "export":  # spatial size is a guess: check it fits
+            shape = _probe(module, shape, dtype, device, high, min(batch_size, 2))
     else:
         shape = input_shape
     return inputs.synthetic_batches(
@@ -342,7 +343,11 @@ def _scan_batches(
     pgrads = _ParamGrads(params, dev)
     warnings: list[str] = []
     rows = done = 0
-    with Capture(resolver, eps=th.eps, unit_dim=unit_dim, grad=grad) as cap:
+    # Unoptimised TorchScript runs op by op, so no fused kernel hides a ReLU from the capture.
+    with (
+        torch.jit.optimized_execution(False),
+        Capture(resolver, eps=th.eps, unit_dim=unit_dim, grad=grad) as cap,
+    ):
         for batch in stream:
             batch = batch.to(dev)
             if grad and not params:
