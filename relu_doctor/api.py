@@ -340,6 +340,9 @@ def _scan_batches(
     from relu_doctor.assemble import Captured
 
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    # Frozen layers stop the backward before the sites under them: then differentiate
+    # w.r.t. the inputs too, so every site's gradient is computed.
+    lift_inputs = not params or len(params) < sum(1 for _ in module.parameters())
     pgrads = _ParamGrads(params, dev)
     warnings: list[str] = []
     rows = done = 0
@@ -350,10 +353,10 @@ def _scan_batches(
     ):
         for batch in stream:
             batch = batch.to(dev)
-            if grad and not params:
+            if grad and lift_inputs:
                 batch = _grad_inputs(batch)
             try:
-                with cap.forward():
+                with cap.forward(batch.rows):
                     grads = _step(module, batch, grad, [p for _, p in params], warnings)
             except ReluDoctorError:
                 raise
@@ -396,7 +399,7 @@ def _step(
         warnings.append("the model's output carries no gradient; grad_norm is empty")
         return None
     wrt: list[torch.Tensor] = list(params)
-    wrt = wrt or [t for t in _tensors((batch.args, batch.kwargs)) if t.requires_grad]
+    wrt += [t for t in _tensors((batch.args, batch.kwargs)) if t.requires_grad]
     if not wrt:
         return None
     try:

@@ -61,14 +61,24 @@ _LAYOUT: dict[Any, str] = {
 }
 
 
-def default_unit_dim(ndim: int, layout: str | None) -> int:
-    """Which dim holds the units: features of ``(N, F)``; the last dim when the latest layer
-    was a Linear/matmul/embedding (``(N, T, F)`` sequences, channels-last MLPs); else the
-    channel dim 1 of conv outputs ``(N, C, *spatial)``, also through BatchNorm and pooling.
+def default_unit_dim(shape: tuple[int, ...], recent: list[tuple[str, int]]) -> int:
+    """Which dim holds the units: the features of ``(N, F)``; for more dims, the channel dim 1
+    of conv outputs ``(N, C, *spatial)`` (also through BatchNorm and pooling) or the last dim
+    of Linear outputs ``(N, T, F)``. ``recent`` holds the latest conv (``channel``, C) and
+    Linear/matmul/embedding (``last``, F) outputs, newest first: the newest whose size sits
+    at dim 1 or at the last dim decides, so a Linear in a side branch (squeeze-excitation)
+    does not turn a conv's channels into columns. Default: dim 1.
     """
-    if ndim <= 2 or layout != "last":
+    ndim = len(shape)
+    if ndim <= 2:
         return 1
-    return ndim - 1
+    for kind, size in recent:
+        first, last = shape[1] == size, shape[-1] == size
+        if first and last:
+            return 1 if kind == "channel" else ndim - 1
+        if first or last:
+            return 1 if first else ndim - 1
+    return 1
 
 
 def _key(t: torch.Tensor) -> tuple[int, tuple[int, ...]]:
@@ -119,11 +129,13 @@ class _Mode(TorchDispatchMode):
             self.capture._on_backward(bwd, args, out)
             return out
         layout = _LAYOUT.get(func)
-        if layout is not None:
-            self.capture._layout = layout
-        elif self.capture._track_ops:
-            self.capture.ops_seen.add(getattr(func, "_opname", ""))
-        return func(*args, **kwargs)
+        if layout is None:
+            if self.capture._track_ops:
+                self.capture.ops_seen.add(getattr(func, "_opname", ""))
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        self.capture._note_layout(layout, out)
+        return out
 
 
 class Capture:
@@ -147,7 +159,8 @@ class Capture:
         self._info: dict[SiteKey, SiteInfo] = {}
         self._counts: dict[tuple[str, str, bool], int] = {}
         self._saved: dict[str, dict[tuple[int, tuple[int, ...]], SiteAccumulator]] = {}
-        self._layout: str | None = None
+        self._recent: dict[str, int] = {}  # latest unit-defining outputs, newest last
+        self._rows = 0  # samples in the current batch
         self._track_ops = True  # names of the ops of the first batch, for "no ReLU" errors
         self.ops_seen: set[str] = set()
         self.last_site = ""
@@ -166,12 +179,14 @@ class Capture:
         self._saved.clear()
 
     @contextmanager
-    def forward(self) -> Iterator[None]:
-        """One batch: the forward (and backward) inside runs under the capture mode."""
+    def forward(self, rows: int = 0) -> Iterator[None]:
+        """One batch of ``rows`` samples: the forward (and backward) inside runs under the
+        capture mode."""
         self.resolver.start_forward()
         self._counts.clear()
         self._saved.clear()
-        self._layout = None
+        self._recent.clear()
+        self._rows = rows
         with _Mode(self):
             yield
         self._saved.clear()
@@ -191,16 +206,35 @@ class Capture:
         if (op == "relu6" and not _is_relu6(args, kwargs)) or x.ndim == 0:
             return func(*args, **kwargs)  # a plain hardtanh, or a scalar: not a unit layer
         acc = self._site(op, inplace, x)
-        pre = x if x.ndim > 1 else x.unsqueeze(0)
-        acc.observe_pre(pre, self.eps)
+        acc.observe_pre(self._per_sample(x, acc.folded), self.eps)
         out = func(*args, **kwargs)
-        acc.observe_out(out if out.ndim > 1 else out.unsqueeze(0), self.eps)
+        acc.observe_out(self._per_sample(out, acc.folded), self.eps)
         if self.grad and torch.is_grad_enabled():
             saved = self._saved.setdefault(op, {})
             saved[_key(out)] = acc
             if op != "relu":
                 saved[_key(x)] = acc  # these backward ops keep the input, not the result
         return out
+
+    def _folds(self, t: torch.Tensor) -> bool:
+        """True when dim 0 holds several rows per sample (tokens flattened into the batch)."""
+        n, rows = t.shape[0], self._rows
+        return t.ndim > 1 and rows > 0 and n != rows and n % rows == 0
+
+    def _per_sample(self, t: torch.Tensor, folded: bool) -> torch.Tensor:
+        """Dim 0 = samples: ``(N,)`` is one unit over N samples; at a ``folded`` site
+        ``(N*T, F)`` from a model that flattened its tokens becomes ``(N, T, F)``, so
+        "samples" stays batch rows."""
+        if t.ndim == 1:
+            return t.unsqueeze(1)
+        if folded and t.shape[0] != self._rows and self._rows and t.shape[0] % self._rows == 0:
+            return t.reshape(self._rows, t.shape[0] // self._rows, *t.shape[1:])
+        return t
+
+    def _note_layout(self, kind: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.ndim >= 2:
+            self._recent.pop(kind, None)
+            self._recent[kind] = out.shape[1] if kind == "channel" else out.shape[-1]
 
     def _on_backward(self, bwd: tuple[str, int], args: tuple[Any, ...], out: Any) -> None:
         op, index = bwd
@@ -214,31 +248,37 @@ class Capture:
         index = self._counts.get(group, 0) + 1
         self._counts[group] = index
         key = SiteKey(call.path, op, call.module_site, index)
-        acc = self._accs.get(key)
-        ndim = max(x.ndim, 2)
-        if acc is None:
-            acc = self._new_site(key, inplace, x, ndim)
-        elif x.shape[acc.unit_dim if x.ndim > 1 else 0] != acc.units:
+        acc = self._accs.get(key) or self._new_site(key, inplace, x)
+        view = self._per_sample(x, acc.folded)
+        if view.ndim <= acc.unit_dim or view.shape[acc.unit_dim] != acc.units:
             raise UsageError(
-                f"site {key.path or '<root>'}:{op} changed from {acc.units} units to "
-                f"{x.shape[acc.unit_dim]} between batches; pass --unit-dim to pick the unit axis"
+                f"site {key.path or '<root>'}:{op} changed shape from {acc.units} units to "
+                f"{tuple(x.shape)} between batches; pass --unit-dim to pick the unit axis"
             )
         self.last_site = call.path
         return acc
 
-    def _new_site(self, key: SiteKey, inplace: bool, x: torch.Tensor, ndim: int) -> SiteAccumulator:
+    def _new_site(self, key: SiteKey, inplace: bool, x: torch.Tensor) -> SiteAccumulator:
+        """Pick the unit dim on the tensor as the model made it, then shift it past the sample
+        dim when tokens were flattened into the batch."""
+        shape = tuple(x.shape) if x.ndim > 1 else (x.shape[0], 1)
         if self.unit_dim is None:
-            unit_dim = default_unit_dim(ndim, self._layout)
+            unit_dim = default_unit_dim(shape, list(reversed(self._recent.items())))
         else:
             try:
-                unit_dim = normalize_dim(self.unit_dim, ndim)
+                unit_dim = normalize_dim(self.unit_dim, len(shape))
             except ValueError as exc:
-                raise UsageError(f"--unit-dim {self.unit_dim}: {exc} at {key.path}") from None
+                where = f"site {key.path!r}" if key.path else "the top level"
+                raise UsageError(f"--unit-dim {self.unit_dim}: {exc} at {where}") from None
             if unit_dim == 0:
                 raise UsageError("--unit-dim 0 is the sample (batch) dim; pick another")
+        units = shape[unit_dim]
+        folded = self._folds(x)
         activation = OP_ACTIVATION[key.op]
-        units = x.shape[unit_dim] if x.ndim > 1 else x.shape[0]
-        acc = SiteAccumulator(units, unit_dim, x.device, relu_like=activation in RELU_FAMILY)
+        acc = SiteAccumulator(
+            units, unit_dim + folded, x.device, relu_like=activation in RELU_FAMILY
+        )
+        acc.folded = folded
         self._accs[key] = acc
         self._info[key] = SiteInfo(self._kind(key, inplace, activation), activation, unit_dim)
         return acc

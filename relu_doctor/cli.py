@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from relu_doctor import __version__
 from relu_doctor.config import load_config
@@ -30,6 +31,16 @@ def _fail(message: str, debug: bool) -> NoReturn:
     sys.exit(EXIT_ERROR)
 
 
+def _config_origin(exc: click.ClickException) -> str:
+    """Say so when a bad value came from pyproject.toml rather than the command line."""
+    ctx, param = getattr(exc, "ctx", None), getattr(exc, "param", None)
+    if ctx is None or param is None or param.name is None:
+        return ""
+    if ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT_MAP:
+        return " (set in [tool.relu-doctor] of pyproject.toml)"
+    return ""
+
+
 class DoctorGroup(click.Group):
     """Turns every error into one `Error:` line and an exit code (no usage dump)."""
 
@@ -43,7 +54,7 @@ class DoctorGroup(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(EXIT_OK)
         except click.ClickException as exc:
-            _fail(exc.format_message(), debug)
+            _fail(exc.format_message() + _config_origin(exc), debug)
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)
@@ -197,6 +208,9 @@ def scan(models: tuple[str, ...], **opts: Any) -> int:
     """
     from relu_doctor.commands import run_scan
 
+    ctx = click.get_current_context()
+    if opts.get("output") and ctx.get_parameter_source("fmt") != ParameterSource.COMMANDLINE:
+        opts["fmt"] = None  # a configured format is for stdout; -o follows its extension
     return run_scan(list(models), opts)
 
 

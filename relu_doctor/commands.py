@@ -7,7 +7,6 @@ from typing import Any
 from relu_doctor import export, render
 from relu_doctor.api import resolve_device, scan
 from relu_doctor.datafiles import load_data
-from relu_doctor.errors import UsageError
 from relu_doctor.inputs import check_batch_args, parse_input_shape
 from relu_doctor.loading import load_model, trust_from_env
 from relu_doctor.report import ModelReport
@@ -24,9 +23,7 @@ def _targets(opts: dict[str, Any]) -> tuple[str, str | None, str | None]:
     unit_fmt = None
     if per_unit:
         export.check_writable(per_unit)
-        unit_fmt = export.format_for_path(per_unit)
-        if unit_fmt == "table":
-            raise UsageError(f"--per-unit {per_unit}: use .csv, .json or .md")
+        unit_fmt = export.format_for_path(per_unit, "--per-unit", (".csv", ".json", ".md"))
     stdout_fmt = "table" if output else (fmt or "table")
     return stdout_fmt, file_fmt, unit_fmt
 

@@ -1,4 +1,8 @@
-"""`[tool.relu-doctor]` in the nearest pyproject.toml: defaults for every CLI option."""
+"""`[tool.relu-doctor]` in the nearest pyproject.toml: defaults for every CLI option.
+
+All options but `--trust`: a project file found by walking up from the working folder must
+not be able to switch off safe loading for the model files next to it.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from relu_doctor.errors import UsageError
 _RENAMES = {"format": "fmt"}
 KNOWN = {
     "arch",
-    "trust",
     "input_shape",
     "data",
     "batch_size",
@@ -30,6 +33,10 @@ KNOWN = {
     "per_unit",
     "debug",
 }
+
+
+def _display(name: str) -> str:
+    return "format" if name == "fmt" else name.replace("_", "-")
 
 
 def find_pyproject(start: Path | None = None) -> Path | None:
@@ -58,10 +65,15 @@ def load_config(start: Path | None = None) -> dict[str, Any]:
     for key, value in table.items():
         name = key.replace("-", "_")
         name = _RENAMES.get(name, name)
+        if name == "trust":
+            raise UsageError(
+                f"{path}: 'trust' cannot be set in [tool.relu-doctor]: a project file must not "
+                "switch off safe loading; pass --trust on the command line for files you trust"
+            )
         if name not in KNOWN:
             raise UsageError(
                 f"{path}: unknown key {key!r} in [tool.relu-doctor]; "
-                f"known: {', '.join(sorted(k.replace('_', '-') for k in KNOWN))}"
+                f"known: {', '.join(sorted(_display(k) for k in KNOWN))}"
             )
         if name == "input_shape" and isinstance(value, list):
             value = ",".join(str(v) for v in value)

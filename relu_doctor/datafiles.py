@@ -150,7 +150,7 @@ def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
         )
     if not path.is_file():
         if looks_like_spec(spec):
-            return _as_batches(call_spec(spec), batch_size, f"what {spec} returned")
+            return _as_batches(call_spec(spec, "--data"), batch_size, f"what {spec} returned")
         raise InputError(
             f"data file {spec} not found; give an existing file ({_FORMATS}) "
             "or MODULE:CALLABLE that returns batches"

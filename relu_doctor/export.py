@@ -22,13 +22,17 @@ _EXTENSIONS = {
 }
 
 
-def format_for_path(path: str) -> str:
+def format_for_path(
+    path: str, option: str = "-o", allowed: tuple[str, ...] = (".csv", ".json", ".md", ".txt")
+) -> str:
     """The output format a file name asks for (``report.json`` -> ``json``)."""
-    fmt = _EXTENSIONS.get(Path(path).suffix.lower())
-    if fmt is None:
+    suffix = Path(path).suffix.lower()
+    fmt = _EXTENSIONS.get(suffix)
+    if fmt is None or suffix not in (*allowed, ".markdown"):
+        hint = ", or pass --format" if option == "-o" else ""
         raise UsageError(
-            f"cannot tell the format of {path!r} from its extension; use .csv, .json, .md or "
-            ".txt, or pass --format"
+            f"{option} {path}: cannot tell the format from the extension; "
+            f"use {', '.join(allowed)}{hint}"
         )
     return fmt
 

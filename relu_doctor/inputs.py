@@ -28,7 +28,6 @@ SPATIAL_FALLBACKS: dict[int, list[int]] = {
 }
 _SPATIAL_DEFAULT = {1: 64, 2: 32, 3: 16}
 _SEQ_LEN = 16  # tokens per sample for Embedding / batch-first RNN / attention inputs
-_TARGET_KEYS = ("targets", "labels", "target", "label", "y")  # popped from dict batches
 _ITEM_FORMS = "a tensor, an (inputs, targets) pair, a tuple of tensors or a dict of keyword inputs"
 _ACCEPTED = (
     "a tensor of samples, an (inputs, targets) pair of tensors, or an iterable of batches "
@@ -294,11 +293,9 @@ def _item_to_batch(item: Any, what: str) -> Batch:
     item = _numpy_to_tensor(item)
     if isinstance(item, torch.Tensor):
         return _make_batch((item,), {}, None, what)
-    if isinstance(item, Mapping):
+    if isinstance(item, Mapping):  # keyword inputs, all of them (targets go in a pair)
         kwargs = {str(k): _numpy_to_tensor(v) for k, v in item.items()}
-        key = next((k for k in _TARGET_KEYS if k in kwargs), None)
-        targets = kwargs.pop(key) if key else None
-        return _make_batch((), kwargs, targets, what)
+        return _make_batch((), kwargs, None, what)
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
             return _make_batch(tuple(_numpy_to_tensor(v) for v in item), {}, None, what)

@@ -374,7 +374,7 @@ def _strip_prefixes(sd: Mapping[str, Any], arch_keys: set[str]) -> dict[str, Any
 
 
 def _fit(sd: Mapping[str, Any], arch: str, spec: str) -> nn.Module:
-    model = specs.call_spec(arch)
+    model = specs.call_spec(arch, "--arch")
     if not isinstance(model, nn.Module):
         raise LoadError(f"--arch {arch} returned {_describe(model)}, not a torch.nn.Module")
     want = model.state_dict()

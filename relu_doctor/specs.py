@@ -59,8 +59,18 @@ def _import_module(left: str) -> Any:
         raise UsageError(f"importing {left!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve(spec: str) -> Any:
-    """Return the object a `MODULE:ATTR` spec names (ATTR may be dotted)."""
+def resolve(spec: str, option: str = "") -> Any:
+    """Return the object a `MODULE:ATTR` spec names (ATTR may be dotted); errors name the
+    ``option`` the spec came from (``--arch``)."""
+    try:
+        return _resolve(spec)
+    except UsageError as exc:
+        if option:
+            raise UsageError(f"{option} {spec}: {exc}") from exc.__cause__
+        raise
+
+
+def _resolve(spec: str) -> Any:
     if not looks_like_spec(spec):
         raise UsageError(f"{spec!r} is not of the form MODULE:NAME or path/to/file.py:NAME")
     left, _, right = spec.rpartition(":")
@@ -73,12 +83,13 @@ def resolve(spec: str) -> Any:
     return obj
 
 
-def call_spec(spec: str) -> Any:
+def call_spec(spec: str, option: str = "") -> Any:
     """Resolve a spec and call it with no arguments (a factory); classes are instantiated."""
-    obj = resolve(spec)
+    obj = resolve(spec, option)
+    where = f"{option} {spec}" if option else repr(spec)
     if not callable(obj):
-        raise UsageError(f"{spec!r} names a {type(obj).__name__}, not a callable")
+        raise UsageError(f"{where} names a {type(obj).__name__}, not a callable")
     try:
         return obj()
     except Exception as exc:
-        raise UsageError(f"calling {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise UsageError(f"{where}: calling it failed: {type(exc).__name__}: {exc}") from exc

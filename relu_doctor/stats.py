@@ -45,8 +45,9 @@ class SiteAccumulator:
 
     def __init__(self, units: int, unit_dim: int, device: torch.device, relu_like: bool) -> None:
         self.units = units
-        self.unit_dim = unit_dim
+        self.unit_dim = unit_dim  # may be negative (from the end), as for torch dims
         self.relu_like = relu_like
+        self.folded = False  # the capture reshaped (N*T, ...) activations to (N, T, ...)
         self.samples = 0
         self.calls = 0
         self.elements = 0  # elements per unit seen so far (samples x positions)
@@ -59,7 +60,7 @@ class SiteAccumulator:
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
 
     def _inner(self, ndim: int) -> tuple[int, ...]:
-        return other_dims(ndim, (0, self.unit_dim))
+        return other_dims(ndim, (0, self.unit_dim % ndim))
 
     def observe_pre(self, pre: torch.Tensor, eps: float) -> None:
         """Largest pre-activation per unit (the dead margin) and, unless the output can tell,
@@ -79,13 +80,14 @@ class SiteAccumulator:
         f32 = torch.float32
         if self.relu_like:
             mass = out  # |h| = h
-            pos = torch.sign(out) if eps == 0 else (out > eps).to(f32)  # 0/1 per element
+            # 0/1 per element; a NaN element counts as not firing (the unit is flagged anyway)
+            pos = torch.sign(out).nan_to_num_(0.0) if eps == 0 else (out > eps).to(f32)
         else:
             mass = out.abs()
             pos = (out > eps).to(f32)
             mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
             torch.maximum(self.max_out, mx.amax(dim=0).float(), out=self.max_out)
-        if out.ndim > 2:  # inner dims first, then the batch
+        if out.ndim > 2:  # inner dims first, then the batch (never a bool reduction)
             inner = self._inner(out.ndim)
             mass = mass.sum(dim=inner, dtype=f32)
             pos = pos.sum(dim=inner, dtype=f32)
@@ -211,9 +213,11 @@ def unit_metrics(stats: UnitStats, activation: str, th: Thresholds) -> UnitMetri
     samples = max(stats.samples, 1)
     elements = max(stats.elements, 1)
     rate = stats.fires / samples
+    # NaN/Inf elements never count as firing; a unit that saw them is flagged (``finite``)
+    # but still judged on its firing, so one bad input row does not hide the dead units.
     finite = np.isfinite(stats.abs_sum) & ~np.isnan(stats.max_pre)
-    dead = (stats.fires == 0) & finite & (stats.samples > 0)
-    near = (rate > 0) & (rate < th.near_dead) & finite
+    dead = (stats.fires == 0) & (stats.samples > 0)
+    near = (rate > 0) & (rate < th.near_dead)
     mean_abs = stats.abs_sum / elements
     layer_mean = float(np.mean(mean_abs[finite])) if finite.any() else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -234,6 +238,12 @@ def unit_metrics(stats: UnitStats, activation: str, th: Thresholds) -> UnitMetri
         max_activation=max_act,
         sparsity=1.0 - stats.active / elements,
     )
+
+
+def _median(values: np.ndarray) -> float | None:
+    """Median of the finite values; None when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else None
 
 
 @dataclass(frozen=True)
@@ -270,7 +280,7 @@ def summarize(stats: UnitStats, activation: str, th: Thresholds) -> SiteSummary:
         dormant=int(m.dormant.sum()),
         sparsity=float(1.0 - stats.active.sum() / total) if total else 0.0,
         max_activation=float(finite_max.max()) if finite_max.size else None,
-        dead_margin=float(np.median(stats.max_pre[m.dead])) if dead else None,
+        dead_margin=_median(stats.max_pre[m.dead]),
         grad_norm=stats.grad_norm_sum / stats.grad_calls if stats.grad_calls else None,
         nonfinite=int((~m.finite).sum()),
     )

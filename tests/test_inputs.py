@@ -257,10 +257,13 @@ def test_as_batches_dataloader() -> None:
 def test_as_batches_item_forms() -> None:
     x = torch.randn(3, 2)
     ids = torch.zeros(3, 4, dtype=torch.long)
+    # A dict is keyword inputs, all of them: a key named like targets stays an input.
     d = next(as_batches([{"input_ids": ids, "mask": ids, "labels": torch.arange(3)}], 1))
-    assert set(d.kwargs) == {"input_ids", "mask"}
+    assert set(d.kwargs) == {"input_ids", "mask", "labels"}
     assert d.args == ()
-    assert d.targets is not None and d.rows == 3
+    assert d.targets is None and d.rows == 3
+    paired = next(as_batches([({"input_ids": ids}, torch.arange(3))], 1))
+    assert set(paired.kwargs) == {"input_ids"} and paired.targets is not None
     no_targets = next(as_batches([{"x": x}], 1))
     assert no_targets.targets is None and no_targets.kwargs["x"] is x
     multi = next(as_batches([(x, x, x)], 1))
