@@ -53,8 +53,12 @@ class DoctorGroup(click.Group):
         except _NO_ARGS_IS_HELP as exc:  # `relu-doctor` alone: help, not an error
             click.echo(exc.ctx.get_help() if exc.ctx else "")
             sys.exit(EXIT_OK)
+        except click.UsageError as exc:
+            ctx = exc.ctx
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(exc.format_message() + _config_origin(exc) + hint, debug)
         except click.ClickException as exc:
-            _fail(exc.format_message() + _config_origin(exc), debug)
+            _fail(exc.format_message(), debug)
         except click.Abort:
             click.echo("Aborted.", err=True)
             sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from relu_doctor import export, render
@@ -28,12 +29,20 @@ def _targets(opts: dict[str, Any]) -> tuple[str, str | None, str | None]:
     return stdout_fmt, file_fmt, unit_fmt
 
 
+def display_names(models: list[str]) -> dict[str, str]:
+    """File names, or the paths as given where two checkpoints share a file name."""
+    base = {m: Path(m).name for m in models}
+    clash = {n for n in base.values() if list(base.values()).count(n) > 1}
+    return {m: (m if base[m] in clash else base[m]) for m in models}
+
+
 def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
     """Load and scan each model with the CLI's options; progress bar on stderr."""
     check_batch_args(opts["batch_size"], opts.get("batches"))
     shape = parse_input_shape(opts["input_shape"]) if opts.get("input_shape") else None
     trust = bool(opts.get("trust")) or trust_from_env()
     device = resolve_device(opts.get("device") or "auto")
+    names = display_names(models)
     reports = []
     for spec in models:
         loaded = load_model(spec, arch=opts.get("arch"), trust=trust, device=device)
@@ -54,7 +63,7 @@ def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
                     unit_dim=opts.get("unit_dim"),
                     near_dead=opts["near_dead"],
                     tau=opts["tau"],
-                    name=loaded.name,
+                    name=names[spec] if len(models) > 1 else loaded.name,
                     progress=progress,
                 )
             )

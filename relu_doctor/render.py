@@ -106,7 +106,8 @@ def summary(report: ModelReport) -> Text:
     sites = len(report.counted_sites)
     text.append(
         f" across {sites} site{'s' if sites != 1 else ''}; {report.samples} samples in "
-        f"{report.batches} batches ({report.mode} mode, {report.device}"
+        f"{report.batches} batch{'es' if report.batches != 1 else ''} ({report.mode} mode, "
+        f"{report.device}"
         f"{'' if report.grad else ', no gradients'}).\n"
     )
     if n:
@@ -118,16 +119,18 @@ def summary(report: ModelReport) -> Text:
     return text
 
 
-def suggestions(report: ModelReport) -> Text | None:
+def suggestions(report: ModelReport) -> Group | None:
+    """What to do, one line per suggestion; long reasons wrap under themselves."""
     if not report.suggestions:
         return None
-    text = Text("Suggestions\n", style="bold")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True, style="cyan")
+    grid.add_column(overflow="fold")
     for s in report.suggestions:
         where = "whole model" if s.site == "*" else s.site
-        text.append(f" • {where}: ", style="bold")
-        text.append(f"{s.action}", style="cyan")
-        text.append(f" — {s.reason}\n")
-    return text
+        grid.add_row(Text(f" • {where}:", style="bold"), s.action, s.reason)
+    return Group(Text("Suggestions", style="bold"), grid)
 
 
 def warnings(report: ModelReport) -> Text | None:
