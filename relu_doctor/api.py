@@ -364,16 +364,18 @@ def _scan_batches(
                 raise _forward_error(exc, cap.where(), module, done) from exc
             if grads is not None:
                 pgrads.add(grads[: len(params)])
+                del grads  # free them before the next backward allocates its own
             rows += batch.rows
             done += 1
             if progress is not None:
                 progress(done, total)
+        if distributed:  # every rank joins the collectives, also one with no data
+            rows, done = _sum_counts(rows, done, dev)
+            if done:
+                cap.all_reduce()
+                pgrads.all_reduce()
         if done == 0:
             raise InputError("no data: the input gave no batches to scan")
-        if distributed:
-            cap.all_reduce()
-            pgrads.all_reduce()
-            rows, done = _sum_counts(rows, done, dev)
         return Captured(
             cap.results(),
             pgrads.result() if grad else [],

@@ -8,6 +8,7 @@ split over batches, processes or machines and combined.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,32 @@ def normalize_dim(dim: int, ndim: int) -> int:
     return dim % ndim
 
 
+class Scratch:
+    """Reusable buffers, one per (device, dtype), grown to the largest activation seen: the
+    elementwise temporaries of the reductions never allocate after the first batch."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._views: dict[tuple[torch.device, torch.dtype, torch.Size], torch.Tensor] = {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        view = self._views.get((t.device, t.dtype, t.shape))
+        if view is not None:
+            return view
+        key = (t.device, t.dtype)
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < t.numel():
+            buf = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+            self._bufs[key] = buf
+            self._views.clear()  # views of the old buffer would keep it alive
+        view = self._views[(*key, t.shape)] = buf[: t.numel()].view(t.shape)
+        return view
+
+    def clear(self) -> None:
+        self._bufs.clear()
+        self._views.clear()
+
+
 class SiteAccumulator:
     """Running per-unit statistics of one site, kept on the activation's device.
 
@@ -39,8 +66,7 @@ class SiteAccumulator:
     Speed matters here (it runs inside every ReLU call): reductions go over the inner,
     contiguous dims first and then over the batch, and counts are float sums of 0/1
     tensors, which CPU kernels vectorise, instead of boolean reductions, which they do not.
-    Counts are exact: float32 per batch (< 2**24 elements per unit and sample), float64
-    across batches.
+    Counts are exact: float32 within one sample (< 2**24 positions), float64 over samples.
     """
 
     def __init__(self, units: int, unit_dim: int, device: torch.device, relu_like: bool) -> None:
@@ -48,6 +74,8 @@ class SiteAccumulator:
         self.unit_dim = unit_dim  # may be negative (from the end), as for torch dims
         self.relu_like = relu_like
         self.folded = False  # the capture reshaped (N*T, ...) activations to (N, T, ...)
+        self._nan_safe = device.type != "cpu"
+        self._fires_are_active = False  # 2-d ReLU sites: firing counts = active counts
         self.samples = 0
         self.calls = 0
         self.elements = 0  # elements per unit seen so far (samples x positions)
@@ -65,38 +93,60 @@ class SiteAccumulator:
     def observe_pre(self, pre: torch.Tensor, eps: float) -> None:
         """Largest pre-activation per unit (the dead margin) and, unless the output can tell,
         per-sample firing."""
-        # (N, U): the largest value each sample gives each unit; a fused amax, no bool tensor.
-        m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
-        torch.maximum(self.max_pre, m.amax(dim=0).float(), out=self.max_pre)
-        if not (self.relu_like and eps == 0):
+        if self.relu_like and eps == 0:  # firing comes from the output: one fused amax here
+            dims = (0, *self._inner(pre.ndim))
+            torch.maximum(self.max_pre, pre.amax(dim=dims), out=self.max_pre)
+        else:
+            # (N, U): the largest value each sample gives each unit.
+            m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
+            torch.maximum(self.max_pre, m.amax(dim=0), out=self.max_pre)
             # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
             self.fires += (m > eps).sum(dim=0)
         self.samples += pre.shape[0]
         self.calls += 1
 
-    def observe_out(self, out: torch.Tensor, eps: float) -> None:
-        """Activation mass (dormant score), active elements (sparsity); for ReLU at eps 0 also
-        per-sample firing, since a ReLU output is > 0 exactly where its input is."""
-        f32 = torch.float32
-        if self.relu_like:
-            mass = out  # |h| = h
-            # 0/1 per element; a NaN element counts as not firing (the unit is flagged anyway)
-            pos = torch.sign(out).nan_to_num_(0.0) if eps == 0 else (out > eps).to(f32)
-        else:
-            mass = out.abs()
-            pos = (out > eps).to(f32)
-            mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
-            torch.maximum(self.max_out, mx.amax(dim=0).float(), out=self.max_out)
-        if out.ndim > 2:  # inner dims first, then the batch (never a bool reduction)
-            inner = self._inner(out.ndim)
-            mass = mass.sum(dim=inner, dtype=f32)
-            pos = pos.sum(dim=inner, dtype=f32)
-        active = pos.sum(dim=0, dtype=f32)
-        self.abs_sum += mass.sum(dim=0, dtype=f32)
-        self.active += active
-        if self.relu_like and eps == 0:
-            self.fires += active if out.ndim == 2 else (pos > 0).sum(dim=0)
+    def observe_out(self, out: torch.Tensor, eps: float, scratch: Scratch | None = None) -> None:
+        """Activation mass (dormant score) and active elements (sparsity); for ReLU at eps 0
+        also per-sample firing, since a ReLU output is > 0 exactly where its input is."""
+        scratch = scratch or Scratch()
         self.elements += out.numel() // self.units
+        if not (self.relu_like and eps == 0):
+            self._observe_out_general(out, eps, scratch)
+            return
+        pos = torch.sign(out, out=scratch.like(out))  # 0/1 per element (outputs are >= 0)
+        if out.ndim == 2:  # each element is one (sample, unit): counts are the firing counts
+            mass, active = out.sum(dim=0), pos.sum(dim=0)
+            if self._has_nan(mass):
+                active = pos.nan_to_num_(0.0).sum(dim=0)
+            self._fires_are_active = True
+        else:
+            inner = self._inner(out.ndim)
+            mass, per_sample = out.sum(dim=(0, *inner)), pos.sum(dim=inner)
+            if self._has_nan(mass):
+                per_sample = pos.nan_to_num_(0.0).sum(dim=inner)
+            active = per_sample.sum(dim=0, dtype=torch.float64)  # totals can pass 2**24
+            self.fires += torch.count_nonzero(per_sample, dim=0)
+        self.abs_sum += mass
+        self.active += active
+
+    def _has_nan(self, mass: torch.Tensor) -> bool:
+        """Does this batch hold a NaN (then NaN elements must not count as firing)? On the
+        CPU the check is free; on an accelerator it would be a host sync per site, so there
+        the NaN-safe count is always taken."""
+        return self._nan_safe or math.isnan(float(mass.sum()))
+
+    def _observe_out_general(self, out: torch.Tensor, eps: float, scratch: Scratch) -> None:
+        """eps > 0 or a non-ReLU activation: |h| and (h > eps) need their own passes."""
+        f32 = torch.float32
+        mass = torch.abs(out, out=scratch.like(out)) if not self.relu_like else out
+        pos = (out > eps).to(f32)
+        mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
+        torch.maximum(self.max_out, mx.amax(dim=0), out=self.max_out)
+        if out.ndim > 2:
+            inner = self._inner(out.ndim)
+            mass, pos = mass.sum(dim=inner, dtype=f32), pos.sum(dim=inner, dtype=f32)
+        self.abs_sum += mass.sum(dim=0, dtype=torch.float64)
+        self.active += pos.sum(dim=0, dtype=torch.float64)
 
     def observe_grad(self, grad_input: torch.Tensor) -> None:
         """One batch's L2 norm of the loss gradient w.r.t. the site's input."""
@@ -124,7 +174,7 @@ class SiteAccumulator:
             calls=self.calls,
             elements=self.elements,
             grad_calls=self.grad_calls,
-            fires=_counts(self.fires),
+            fires=_counts(self.active if self._fires_are_active else self.fires),
             max_pre=self.max_pre.double().cpu().numpy().copy(),
             abs_sum=self.abs_sum.cpu().numpy().copy(),
             active=_counts(self.active),
