@@ -392,7 +392,7 @@ def _step(
     """One forward, and with ``grad`` one backward through ``autograd.grad`` (which never
     touches ``.grad``)."""
     if not grad:
-        with torch.no_grad():
+        with torch.inference_mode():  # as fast as a plain inference forward can be
             _run(module, batch)
         return None
     out = _run(module, batch)

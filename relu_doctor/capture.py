@@ -283,9 +283,10 @@ class Capture:
         units = shape[unit_dim]
         folded = self._folds(x)
         activation = OP_ACTIVATION[key.op]
-        acc = SiteAccumulator(
-            units, unit_dim + folded, x.device, relu_like=activation in RELU_FAMILY
-        )
+        with torch.inference_mode(False):  # normal tensors, updatable after the scan too
+            acc = SiteAccumulator(
+                units, unit_dim + folded, x.device, relu_like=activation in RELU_FAMILY
+            )
         acc.folded = folded
         self._accs[key] = acc
         self._info[key] = SiteInfo(self._kind(key, inplace, activation), activation, unit_dim)

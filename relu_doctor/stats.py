@@ -46,7 +46,8 @@ class Scratch:
         key = (t.device, t.dtype)
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < t.numel():
-            buf = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+            with torch.inference_mode(False):  # usable in and out of inference mode
+                buf = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
             self._bufs[key] = buf
             self._views.clear()  # views of the old buffer would keep it alive
         view = self._views[(*key, t.shape)] = buf[: t.numel()].view(t.shape)

@@ -30,8 +30,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests import models
 
 DEAD_BIAS = -1e4
 ALIVE_BIAS = 0.1
@@ -87,17 +90,9 @@ class PlantedModels(dict[str, PlantedModel]):
         return self.arch_dir / f"{CUSTOM_MODULE}.py"
 
 
-def plant(layer, dead: Sequence[int]):  # type: ignore[no-untyped-def]
+def plant(layer: Any, dead: Sequence[int]) -> Any:
     """Make ``dead`` units of a Linear layer never fire and every other unit fire."""
-    import torch
-
-    with torch.no_grad():
-        layer.weight.abs_()
-        layer.bias.fill_(ALIVE_BIAS)
-        for j in dead:
-            layer.weight[j] = 0.0
-            layer.bias[j] = DEAD_BIAS
-    return layer
+    return models.plant(layer, dead, margin=DEAD_BIAS, alive_bias=ALIVE_BIAS)
 
 
 def _mlp(dead: Sequence[int]):  # type: ignore[no-untyped-def]
