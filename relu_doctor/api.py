@@ -13,6 +13,7 @@ from torch import nn
 from relu_doctor import inputs
 from relu_doctor.capture import Capture
 from relu_doctor.errors import CaptureError, InputError, ReluDoctorError, UsageError
+from relu_doctor.gradients import ParamGrads, grad_inputs, run, short, step
 from relu_doctor.guard import model_device, preserved
 from relu_doctor.inputs import Batch
 from relu_doctor.report import ModelReport
@@ -70,10 +71,6 @@ def _static_batch(module: nn.Module, source: str) -> int | None:
     return None
 
 
-def _run(module: nn.Module, batch: Batch) -> Any:
-    return module(*batch.args, **batch.kwargs)
-
-
 def _probe(
     module: nn.Module,
     shape: tuple[int, ...],
@@ -96,21 +93,16 @@ def _probe(
         )
         try:
             with torch.no_grad():
-                _run(module, batch)
+                run(module, batch)
             return cand
         except Exception as exc:  # the model's own error: try the next size
             first = first or exc
     layer = " ".join(("layer", _first_layer(module))).strip()
     raise InputError(
         f"the model rejects synthetic inputs of shape {shape} inferred from its first {layer}: "
-        f"{type(first).__name__}: {_short(first)}. Pass --input-shape with one sample's "
+        f"{type(first).__name__}: {short(first)}. Pass --input-shape with one sample's "
         "shape, e.g. --input-shape 3,32,32"
     )
-
-
-def _short(exc: BaseException | None, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _synthetic(
@@ -148,89 +140,6 @@ def _synthetic(
         device=device,
         dtype=dtype,
         int_high=high,
-    )
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
-
-
-def loss_of(output: Any, targets: torch.Tensor | None) -> torch.Tensor | None:
-    """Cross-entropy for integer targets, MSE for float targets shaped like the output, and
-    without targets the surrogate ``0.5 * mean_batch(sum(output**2))``. None when nothing
-    in the output carries a gradient.
-    """
-    outs = [t for t in _tensors(output) if t.is_floating_point() and t.requires_grad]
-    if not outs:
-        return None
-    if targets is None:
-        total = sum(
-            0.5 * t.float().pow(2).sum() / max(t.shape[0] if t.ndim else 1, 1) for t in outs
-        )
-        return total if isinstance(total, torch.Tensor) else None
-    out = outs[0]
-    if not targets.is_floating_point() and out.ndim >= 2 and out.shape[0] == targets.shape[0]:
-        return torch.nn.functional.cross_entropy(out.float(), targets.long())
-    if targets.is_floating_point() and targets.shape == out.shape:
-        return torch.nn.functional.mse_loss(out.float(), targets.float())
-    raise InputError(
-        f"targets of shape {tuple(targets.shape)} ({targets.dtype}) fit neither cross-entropy "
-        f"(integer class ids per sample) nor MSE (floats shaped like the output "
-        f"{tuple(out.shape)}); drop the targets to use the surrogate loss"
-    )
-
-
-class _ParamGrads:
-    """Sum over batches of each parameter's gradient norm, kept on the device."""
-
-    def __init__(self, params: list[tuple[str, nn.Parameter]], device: torch.device) -> None:
-        self.params = params
-        self.sums = torch.zeros(len(params), dtype=torch.float64, device=device)
-        self.counts = torch.zeros(len(params), dtype=torch.int64, device=device)
-
-    def add(self, grads: Iterable[torch.Tensor | None]) -> None:
-        pairs = [(i, g) for i, g in enumerate(grads) if g is not None]
-        if not pairs:
-            return
-        idx = torch.tensor([i for i, _ in pairs], device=self.sums.device)
-        norms = torch._foreach_norm([g for _, g in pairs])
-        self.sums.index_add_(0, idx, torch.stack(norms).to(torch.float64))
-        self.counts.index_add_(0, idx, torch.ones_like(idx))
-
-    def all_reduce(self) -> None:
-        import torch.distributed as dist
-
-        dist.all_reduce(self.sums)
-        dist.all_reduce(self.counts)
-
-    def result(self) -> list[tuple[str, tuple[int, ...], float | None]]:
-        sums, counts = self.sums.cpu().tolist(), self.counts.cpu().tolist()
-        return [
-            (name, tuple(p.shape), s / c if c else None)
-            for (name, p), s, c in zip(self.params, sums, counts, strict=True)
-        ]
-
-
-def _grad_inputs(batch: Batch) -> Batch:
-    """A frozen model still gets site gradients: make float inputs require grad."""
-
-    def lift(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v.detach().requires_grad_(True)
-        return v
-
-    return Batch(
-        tuple(lift(a) for a in batch.args),
-        {k: lift(v) for k, v in batch.kwargs.items()},
-        batch.targets,
-        batch.rows,
     )
 
 
@@ -343,7 +252,7 @@ def _scan_batches(
     # Frozen layers stop the backward before the sites under them: then differentiate
     # w.r.t. the inputs too, so every site's gradient is computed.
     lift_inputs = not params or len(params) < sum(1 for _ in module.parameters())
-    pgrads = _ParamGrads(params, dev)
+    pgrads = ParamGrads(params, dev)
     warnings: list[str] = []
     rows = done = 0
     # Unoptimised TorchScript runs op by op, so no fused kernel hides a ReLU from the capture.
@@ -354,10 +263,10 @@ def _scan_batches(
         for batch in stream:
             batch = batch.to(dev)
             if grad and lift_inputs:
-                batch = _grad_inputs(batch)
+                batch = grad_inputs(batch)
             try:
                 with cap.forward(batch.rows):
-                    grads = _step(module, batch, grad, [p for _, p in params], warnings)
+                    grads = step(module, batch, grad, [p for _, p in params], warnings)
             except ReluDoctorError:
                 raise
             except Exception as exc:
@@ -386,34 +295,8 @@ def _scan_batches(
         )
 
 
-def _step(
-    module: nn.Module, batch: Batch, grad: bool, params: list[nn.Parameter], warnings: list[str]
-) -> tuple[torch.Tensor | None, ...] | None:
-    """One forward, and with ``grad`` one backward through ``autograd.grad`` (which never
-    touches ``.grad``)."""
-    if not grad:
-        with torch.inference_mode():  # as fast as a plain inference forward can be
-            _run(module, batch)
-        return None
-    out = _run(module, batch)
-    loss = loss_of(out, batch.targets)
-    if loss is None or not loss.requires_grad:
-        warnings.append("the model's output carries no gradient; grad_norm is empty")
-        return None
-    wrt: list[torch.Tensor] = list(params)
-    wrt += [t for t in _tensors((batch.args, batch.kwargs)) if t.requires_grad]
-    if not wrt:
-        return None
-    try:
-        return torch.autograd.grad(loss, wrt, allow_unused=True)
-    except RuntimeError as exc:
-        raise CaptureError(
-            f"backward pass failed: {_short(exc)}. Scan forward only with --no-grad"
-        ) from exc
-
-
 def _forward_error(exc: Exception, where: str, module: nn.Module, done: int) -> ReluDoctorError:
-    msg = f"forward pass failed in {where or '<root>'}: {type(exc).__name__}: {_short(exc)}"
+    msg = f"forward pass failed in {where or '<root>'}: {type(exc).__name__}: {short(exc)}"
     text = str(exc)
     if done == 0 and any(w in text for w in ("shape", "size", "mat1", "channels", "dimension")):
         layer = _first_layer(module)

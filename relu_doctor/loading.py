@@ -30,19 +30,16 @@ from typing import IO, Any, Literal
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
 from relu_doctor import specs
+from relu_doctor.checkpoints import ARCH_HINT as _ARCH
+from relu_doctor.checkpoints import WEIGHT_KEYS, describe, find_weights, fit
 from relu_doctor.errors import LoadError, UnsafePickleError, UsageError
 
-__all__ = ["LoadedModel", "load_model", "safe_globals", "trust_from_env"]
+__all__ = ["WEIGHT_KEYS", "LoadedModel", "load_model", "safe_globals", "trust_from_env"]
 
 TRUST_ENV = "RELU_DOCTOR_TRUST"
-WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "params")
-_PREFIXES = ("module.", "model.")  # DataParallel/DDP, Lightning
-_SHOWN = 5  # keys listed per kind in a mismatch message
 _TRUST = "pass --trust (or set RELU_DOCTOR_TRUST=1) only if you trust this file"
-_ARCH = "pass --arch MODULE:CALLABLE that builds the model"
 _FORMATS = "expected a torch.save file, TorchScript, .pt2 or .safetensors"
 _CODE = {
     "script": "a TorchScript archive: its code runs on load and on forward (it can write files)",
@@ -120,7 +117,7 @@ def load_model(
             raise UsageError(f"{spec} is a factory that builds the model; drop --arch")
         model = specs.call_spec(spec)
         if not isinstance(model, nn.Module):
-            raise LoadError(f"{spec} returned {_describe(model)}, not a torch.nn.Module")
+            raise LoadError(f"{spec} returned {describe(model)}, not a torch.nn.Module")
         return LoadedModel(model.to(dev), "eager", spec)
     fmt = _sniff(path, spec)
     if fmt in _CODE:
@@ -325,105 +322,30 @@ def _unsafe_globals(path: Path, fmt: _Format) -> list[str]:
 
 def _from_object(obj: Any, spec: str, arch: str | None, dev: torch.device) -> LoadedModel:
     name = Path(spec).name
-    found = _find_weights(obj) if isinstance(obj, Mapping) else obj
+    found = find_weights(obj) if isinstance(obj, Mapping) else obj
     if isinstance(found, nn.Module):
         _no_arch(arch, spec, "a whole pickled model")
         return LoadedModel(found.to(dev), "eager", name)
     if isinstance(found, Mapping):
         if arch is None:
             raise LoadError(f"{spec} is a state dict ({len(found)} tensors), not a model; {_ARCH}")
-        return LoadedModel(_fit(found, arch, spec).to(dev), "eager", name)
+        return LoadedModel(fit(found, arch, spec).to(dev), "eager", name)
     if isinstance(obj, Mapping):
         keys = ", ".join(map(repr, list(obj)[:8])) + (", …" if len(obj) > 8 else "")
         raise LoadError(
             f"{spec} holds a dict with keys {keys or '(none)'} but no model or state dict "
             f"(looked under {', '.join(WEIGHT_KEYS)}); save model.state_dict() and {_ARCH}"
         )
-    raise LoadError(f"{spec} holds {_describe(obj)}, not a model or state dict; {_ARCH}")
-
-
-def _is_state_dict(value: Any) -> bool:
-    items = value.items() if isinstance(value, Mapping) else ()
-    ok = (
-        isinstance(k, str) and (torch.is_tensor(v) or k.endswith("_extra_state")) for k, v in items
-    )
-    return bool(items) and all(ok)
-
-
-def _find_weights(ckpt: Mapping[Any, Any]) -> Mapping[str, Any] | nn.Module | None:
-    """The model or state dict in a checkpoint dict (or the dict itself)."""
-    if _is_state_dict(ckpt):
-        return ckpt
-    for key in WEIGHT_KEYS:
-        value = ckpt.get(key)
-        if isinstance(value, nn.Module) or _is_state_dict(value):
-            return value
-    return None
-
-
-def _strip_prefixes(sd: Mapping[str, Any], arch_keys: set[str]) -> dict[str, Any]:
-    """Drop `module.` / `model.` while every key has it and none of the model's keys do."""
-    out = dict(sd)
-    while out:
-        strip = [p for p in _PREFIXES if all(k.startswith(p) for k in out)]
-        strip = [p for p in strip if not any(k.startswith(p) for k in arch_keys)]
-        if not strip:
-            break
-        out = {k.removeprefix(strip[0]): v for k, v in out.items()}
-    return out
-
-
-def _fit(sd: Mapping[str, Any], arch: str, spec: str) -> nn.Module:
-    model = specs.call_spec(arch, "--arch")
-    if not isinstance(model, nn.Module):
-        raise LoadError(f"--arch {arch} returned {_describe(model)}, not a torch.nn.Module")
-    want = model.state_dict()
-    sd = _strip_prefixes(sd, set(want))
-    problems = {
-        "missing": [k for k in want if k not in sd],
-        "unexpected": [k for k in sd if k not in want],
-        "wrong shape": [
-            f"{k} {tuple(v.shape)} vs model {tuple(want[k].shape)}"
-            for k, v in sd.items()
-            if k in want
-            and isinstance(v, torch.Tensor)
-            and not is_lazy(want[k])  # a lazy module's parameter has no shape yet
-            and want[k].shape != v.shape
-        ],
-    }
-    parts = [f"{kind} {_listing(keys)}" for kind, keys in problems.items() if keys]
-    try:
-        if not parts:
-            model.load_state_dict(sd, strict=True)
-            return model
-    except Exception as exc:
-        parts = [" ".join(str(exc).split())[:300]]
-    raise LoadError(
-        f"{spec} does not fit --arch {arch}: {'; '.join(parts)}; "
-        "check that --arch builds the architecture the weights were saved from"
-    )
+    raise LoadError(f"{spec} holds {describe(obj)}, not a model or state dict; {_ARCH}")
 
 
 def _qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _listing(items: list[str]) -> str:
-    more = f", … {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return f"({len(items)}): " + ", ".join(items[:_SHOWN]) + more
-
-
 def _no_arch(arch: str | None, spec: str, what: str) -> None:
     if arch is not None:
         raise UsageError(f"{spec} is {what}; drop --arch (it is only for state dicts)")
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, torch.Tensor):
-        return f"a single tensor of shape {tuple(obj.shape)}"
-    if isinstance(obj, list | tuple):
-        return f"a {type(obj).__name__} of {len(obj)} items"
-    return f"a {_qualname(type(obj))} object"
 
 
 def _reason(exc: BaseException) -> str:
