@@ -6,6 +6,7 @@ The only module besides ``cli.py`` that writes to the terminal; both consoles li
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,8 +26,8 @@ def out_console() -> Console:
     global _out
     if _out is None:
         _out = Console(highlight=False)
-        if not _out.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-            _out = Console(highlight=False, width=140)
+        if not _out.is_terminal and "COLUMNS" not in os.environ:
+            _out = Console(highlight=False, width=140)  # piped: don't squeeze into 80 columns
     return _out
 
 
