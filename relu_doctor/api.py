@@ -47,6 +47,11 @@ def _unwrap(model: Any) -> tuple[nn.Module, str, Any]:
         return model.module(), "export", model
     if not isinstance(model, nn.Module):
         raise UsageError(f"scan() needs a torch.nn.Module, got {type(model).__name__}")
+    # torch.compile wraps the model; compiled kernels fuse the ReLU out of sight, so scan the
+    # original module (the same weights) instead.
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module) and type(model).__name__ == "OptimizedModule":
+        model = original
     return model, detect_source(model), None
 
 

@@ -37,6 +37,7 @@ from tests.models import (
     TokenFlatten,
     TwoInputs,
     XYInputs,
+    plant,
     positive_inputs,
     reference_grad_norms,
 )
@@ -527,3 +528,11 @@ def test_grad_norms_of_relu6_and_the_rest_of_the_family() -> None:
     assert [s.kind for s in report.sites] == ["module", "LeakyReLU", "ELU", "PReLU"]
     for n, value in expected.items():
         assert report.site(n).grad_norm == pytest.approx(value, rel=1e-5), n
+
+
+def test_a_compiled_model_is_scanned_through_its_original_module() -> None:
+    # torch.compile is lazy: wrapping compiles nothing, and the scan must not trigger it.
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    plant(model[0], [1, 2])
+    report = relu_doctor.scan(torch.compile(model), positive_inputs(8, 3), grad=False)
+    assert report.site("1").dead == 2
