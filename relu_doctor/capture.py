@@ -213,8 +213,8 @@ class Capture:
         x = args[0]
         if (op == "relu6" and not _is_relu6(args, kwargs)) or x.ndim == 0:
             return func(*args, **kwargs)  # a plain hardtanh, or a scalar: not a unit layer
-        acc = self._site(op, inplace, x)
-        acc.observe_pre(self._per_sample(x, acc.folded), self.eps)
+        acc, pre = self._site(op, inplace, x)
+        acc.observe_pre(pre, self.eps)
         out = func(*args, **kwargs)
         acc.observe_out(self._per_sample(out, acc.folded), self.eps, self._scratch)
         if self.grad and torch.is_grad_enabled():
@@ -250,7 +250,10 @@ class Capture:
         if acc is not None:
             acc.observe_grad(out[0] if isinstance(out, tuple) else out)
 
-    def _site(self, op: str, inplace: bool, x: torch.Tensor) -> SiteAccumulator:
+    def _site(
+        self, op: str, inplace: bool, x: torch.Tensor
+    ) -> tuple[SiteAccumulator, torch.Tensor]:
+        """The site of this call and ``x`` viewed with the samples in dim 0."""
         call = self.resolver.resolve(op)
         group = (call.path, op, call.module_site)
         index = self._counts.get(group, 0) + 1
@@ -264,7 +267,7 @@ class Capture:
                 f"{tuple(x.shape)} between batches; pass --unit-dim to pick the unit axis"
             )
         self.last_site = call.path
-        return acc
+        return acc, view
 
     def _new_site(self, key: SiteKey, inplace: bool, x: torch.Tensor) -> SiteAccumulator:
         """Pick the unit dim on the tensor as the model made it, then shift it past the sample
