@@ -670,29 +670,22 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_console_script_scan_json(m: Any, tmp_path: Path) -> None:
-    p = subprocess.run(
-        [_console_script(), "scan", str(m["deep"].path), *FAST, "--format", "json"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=120,
+def _cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a real entry point in a subprocess, as a user's shell would."""
+    return subprocess.run(
+        argv, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=120, check=False
     )
+
+
+def test_console_script_scan_json(m: Any, tmp_path: Path) -> None:
+    p = _cli([_console_script(), "scan", str(m["deep"].path), *FAST, "--format", "json"], tmp_path)
     assert p.returncode == 0, p.stderr
     model = json.loads(p.stdout)["models"][0]
     assert {s["site"]: s["dead"] for s in model["sites"]} == {"act1": 3, "act2": 2}
 
 
 def test_python_m_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    p = subprocess.run(
-        [sys.executable, "-m", "relu_doctor", "scan", "missing.pt"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=120,
-    )
+    p = _cli([sys.executable, "-m", "relu_doctor", "scan", "missing.pt"], tmp_path)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
     assert p.stderr.splitlines() == [p.stderr.strip()]
@@ -700,13 +693,6 @@ def test_python_m_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_python_m_version(tmp_path: Path) -> None:
-    p = subprocess.run(
-        [sys.executable, "-m", "relu_doctor", "--version"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=120,
-    )
+    p = _cli([sys.executable, "-m", "relu_doctor", "--version"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert relu_doctor.__version__ in p.stdout
