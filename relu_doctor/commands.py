@@ -7,7 +7,7 @@ from typing import Any
 
 from relu_doctor import export, render
 from relu_doctor.api import resolve_device, scan
-from relu_doctor.datafiles import load_data
+from relu_doctor.datafiles import data_source
 from relu_doctor.inputs import check_batch_args, parse_input_shape
 from relu_doctor.loading import load_model, trust_from_env
 from relu_doctor.report import ModelReport
@@ -43,10 +43,11 @@ def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
     trust = bool(opts.get("trust")) or trust_from_env()
     device = resolve_device(opts.get("device") or "auto")
     names = display_names(models)
+    source = data_source(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
     reports = []
     for spec in models:
         loaded = load_model(spec, arch=opts.get("arch"), trust=trust, device=device)
-        data = load_data(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
+        data = source() if source is not None else None
         with render.progress_bar(f"scanning {loaded.name}") as progress:
             reports.append(
                 scan(

@@ -6,7 +6,7 @@ without copies.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,12 @@ _READERS |= {".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
 
 def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
     """`--data FILE|MODULE:CALLABLE` -> batches. Files are read now, so errors come first."""
+    return data_source(spec, batch_size=batch_size)()
+
+
+def data_source(spec: str, *, batch_size: int) -> Callable[[], Iterator[Batch]]:
+    """A fresh stream of the same batches on every call (one per scanned model): a file is
+    read once, a MODULE:CALLABLE factory is called again each time."""
     check_batch_args(batch_size, None)
     path = Path(spec)
     if path.is_dir():
@@ -150,11 +156,23 @@ def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
         )
     if not path.is_file():
         if looks_like_spec(spec):
-            return _as_batches(call_spec(spec, "--data"), batch_size, f"what {spec} returned")
+            first = call_spec(spec, "--data")  # errors surface before any scan
+            made = [first]
+
+            def fresh() -> Iterator[Batch]:
+                data = made.pop() if made else call_spec(spec, "--data")
+                return _as_batches(data, batch_size, f"what {spec} returned")
+
+            return fresh
         raise InputError(
             f"data file {spec} not found; give an existing file ({_FORMATS}) "
             "or MODULE:CALLABLE that returns batches"
         )
+    x, y = _read_file(spec, path)
+    return lambda: tensor_batches(x, y, batch_size)
+
+
+def _read_file(spec: str, path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(
@@ -179,4 +197,4 @@ def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
         raise InputError(
             f"{spec}: {x.shape[0]} samples but {y.shape[0] if y.dim() else 'a scalar'} targets"
         )
-    return tensor_batches(x, y, batch_size)
+    return x, y

@@ -424,6 +424,23 @@ def test_data_from_a_python_factory(m: Any, tmp_path: Path) -> None:
     assert {s["site"]: s["dead"] for s in model["sites"]} == {"act1": 3, "act2": 2}
 
 
+@pytest.mark.parametrize("data", ["file", "factory"])
+def test_every_model_of_a_timeline_sees_all_of_the_data(
+    m: Any, data_files: dict[str, Path], tmp_path: Path, data: str
+) -> None:
+    (tmp_path / "gen.py").write_text(
+        "import torch\n"
+        "def batches():\n"
+        "    return (torch.randn(10, 20) for _ in range(3))  # a generator: usable once\n"
+    )
+    spec = str(data_files["pt"]) if data == "file" else "gen.py:batches"
+    r = ok(
+        run("scan", m["mlp"].path, m["deep"].path, "--no-grad", "--data", spec, "--format", "json")
+    )
+    samples = [model["samples"] for model in json.loads(r.stdout)["models"]]
+    assert samples == ([40, 40] if data == "file" else [30, 30])
+
+
 def test_data_spec_that_does_not_import(m: Any) -> None:
     error_line(run("scan", m["mlp"].path, *FAST, "--data", "pkg:missing"), "pkg")
 
