@@ -65,6 +65,16 @@ def _first_layer(model: nn.Module) -> str:
     return ""
 
 
+def _float_dtype(module: nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """Synthetic float inputs take the model's float dtype (a bf16 model gets bf16 inputs)."""
+    if not dtype.is_floating_point:
+        return dtype
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return dtype
+
+
 def _static_batch(module: nn.Module, source: str) -> int | None:
     """An export program traced with a fixed batch size only accepts that size."""
     if source != "export" or not isinstance(module, torch.fx.GraphModule):
@@ -133,10 +143,11 @@ def _synthetic(
                 "pass --input-shape with one sample's shape (e.g. 784 or 3,32,32) or --data"
             )
         shape, dtype = inferred
+        dtype = _float_dtype(module, dtype)
         if len(shape) > 1 and source != "export":  # spatial size is a guess: check it fits
             shape = _probe(module, shape, dtype, device, high, min(batch_size, 2))
     else:
-        shape = input_shape
+        shape, dtype = input_shape, _float_dtype(module, dtype)
     return inputs.synthetic_batches(
         shape,
         batch_size=batch_size,

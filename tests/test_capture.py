@@ -536,3 +536,14 @@ def test_a_compiled_model_is_scanned_through_its_original_module() -> None:
     plant(model[0], [1, 2])
     report = relu_doctor.scan(torch.compile(model), positive_inputs(8, 3), grad=False)
     assert report.site("1").dead == 2
+
+
+def test_a_bfloat16_model_gets_bfloat16_synthetic_inputs() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    plant(model[0], [0, 3])
+    report = relu_doctor.scan(model.to(torch.bfloat16), input_shape=(3,), batches=2)
+    site = report.site("1")
+    # Gaussian inputs can be negative: only the planted units are certain to be dead.
+    assert (site.units, site.samples) == (4, 64)
+    assert site.dead >= 2
+    assert site.dead_margin == torch.tensor(DEAD_BIAS, dtype=torch.bfloat16).item()
