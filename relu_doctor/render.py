@@ -100,17 +100,25 @@ def site_table(report: ModelReport) -> Table:
 
 def summary(report: ModelReport) -> Text:
     """Model dead fraction plus the honest statement of what "dead" means for this N."""
-    n = report.min_samples
     text = Text()
-    text.append(f"{report.dead_units} of {report.total_units} ReLU units dead ", style="bold")
-    text.append(f"({report.dead_fraction:.1%})", style=severity(report.dead_fraction) + " bold")
     sites = len(report.counted_sites)
+    if sites:
+        text.append(f"{report.dead_units} of {report.total_units} ReLU units dead ", style="bold")
+        text.append(f"({report.dead_fraction:.1%})", style=severity(report.dead_fraction) + " bold")
+        text.append(f" across {sites} site{'s' if sites != 1 else ''}")
+    else:
+        kinds = sorted({s.activation for s in report.sites if s.executed})
+        text.append("No ReLU or ReLU6 site", style="bold")
+        text.append(
+            f": the {', '.join(kinds)} sites are listed for comparison ('dead' = never "
+            "positive) and do not count toward a dead fraction"
+        )
     text.append(
-        f" across {sites} site{'s' if sites != 1 else ''}; {report.samples} samples in "
-        f"{report.batches} batch{'es' if report.batches != 1 else ''} ({report.mode} mode, "
-        f"{report.device}"
+        f"; {report.samples} samples in {report.batches} "
+        f"batch{'es' if report.batches != 1 else ''} ({report.mode} mode, {report.device}"
         f"{'' if report.grad else ', no gradients'}).\n"
     )
+    n = report.min_samples or min((s.samples for s in report.sites if s.executed), default=0)
     if n:
         text.append(
             f"Dead = 0 firings in {n} samples: firing rate < 3/{n} = {3 / n:.2%} at 95% "

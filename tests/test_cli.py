@@ -713,3 +713,13 @@ def test_python_m_version(tmp_path: Path) -> None:
     p = _cli([sys.executable, "-m", "relu_doctor", "--version"], tmp_path)
     assert p.returncode == 0, p.stderr
     assert relu_doctor.__version__ in p.stdout
+
+
+def test_a_model_with_only_comparison_sites_says_so(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    torch.save(nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(), nn.Linear(8, 2)), "leaky.pt")
+    r = ok(run("scan", "leaky.pt", *FAST))
+    assert "No ReLU or ReLU6 site" in r.stdout and "LeakyReLU" in r.stdout
+    assert "0 of 0" not in r.stdout
