@@ -77,13 +77,8 @@ def _float_dtype(module: nn.Module, dtype: torch.dtype) -> torch.dtype:
 
 def _static_batch(module: nn.Module, source: str) -> int | None:
     """An export program traced with a fixed batch size only accepts that size."""
-    if source != "export" or not isinstance(module, torch.fx.GraphModule):
-        return None
-    for node in module.graph.nodes:
-        val = node.meta.get("val") if node.op == "placeholder" else None
-        if isinstance(val, torch.Tensor) and val.ndim and isinstance(val.shape[0], int):
-            return int(val.shape[0])
-    return None
+    val = inputs.first_input_value(module) if source == "export" else None
+    return int(val.shape[0]) if val is not None and isinstance(val.shape[0], int) else None
 
 
 def _probe(

@@ -4,14 +4,14 @@ gradient norms. ``torch.autograd.grad`` is used throughout, so ``.grad`` is neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from relu_doctor.errors import CaptureError, InputError
-from relu_doctor.inputs import Batch
+from relu_doctor.inputs import Batch, iter_tensors
 
 
 def run(module: nn.Module, batch: Batch) -> Any:
@@ -24,23 +24,12 @@ def short(exc: BaseException | None, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from tensors(v)
-
-
 def loss_of(output: Any, targets: torch.Tensor | None) -> torch.Tensor | None:
     """Cross-entropy for integer targets, MSE for float targets shaped like the output, and
     without targets the surrogate ``0.5 * mean_batch(sum(output**2))``. None when nothing
     in the output carries a gradient.
     """
-    outs = [t for t in tensors(output) if t.is_floating_point() and t.requires_grad]
+    outs = [t for t in iter_tensors(output) if t.is_floating_point() and t.requires_grad]
     if not outs:
         return None
     if targets is None:
@@ -69,12 +58,18 @@ class ParamGrads:
         self.counts = torch.zeros(len(params), dtype=torch.int64, device=device)
 
     def add(self, grads: Iterable[torch.Tensor | None]) -> None:
-        pairs = [(i, g) for i, g in enumerate(grads) if g is not None]
-        if not pairs:
+        """One fused norm over the batch's gradients; unused parameters (None) are skipped."""
+        grads = list(grads)
+        present = [g for g in grads if g is not None]
+        if not present:
             return
-        idx = torch.tensor([i for i, _ in pairs], device=self.sums.device)
-        norms = torch._foreach_norm([g for _, g in pairs])
-        self.sums.index_add_(0, idx, torch.stack(norms).to(torch.float64))
+        norms = torch.stack(torch._foreach_norm(present)).to(torch.float64)
+        if len(present) == len(grads):  # the usual case: no index tensor to build
+            self.sums += norms
+            self.counts += 1
+            return
+        idx = torch.tensor([i for i, g in enumerate(grads) if g is not None], device=norms.device)
+        self.sums.index_add_(0, idx, norms)
         self.counts.index_add_(0, idx, torch.ones_like(idx))
 
     def all_reduce(self) -> None:
@@ -122,7 +117,7 @@ def step(
         warnings.append("the model's output carries no gradient; grad_norm is empty")
         return None
     wrt: list[torch.Tensor] = list(params)
-    wrt += [t for t in tensors((batch.args, batch.kwargs)) if t.requires_grad]
+    wrt += [t for t in iter_tensors((batch.args, batch.kwargs)) if t.requires_grad]
     if not wrt:
         return None
     try:

@@ -64,19 +64,21 @@ def _move(obj: Any, device: torch.device) -> Any:
     return obj
 
 
-def _first_tensor(obj: Any) -> torch.Tensor | None:
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in ``obj``, walking tuples, lists and mappings in order."""
     if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, Mapping):
-        obj = list(obj.values())
-    if isinstance(obj, (tuple, list)):
-        return next((t for t in map(_first_tensor, obj) if t is not None), None)
-    return None
+        yield obj
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from iter_tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from iter_tensors(v)
 
 
 def _make_batch(args: tuple[Any, ...], kwargs: dict[str, Any], targets: Any, what: str) -> Batch:
     """Build a Batch, checking it holds a tensor and that targets line up with its rows."""
-    first = _first_tensor((args, kwargs))
+    first = next(iter_tensors((args, kwargs)), None)
     if first is None:
         raise InputError(f"{what} holds no tensor; each batch must be {_ITEM_FORMS}")
     rows = int(first.shape[0]) if first.dim() > 0 else 1
@@ -167,19 +169,26 @@ def _shape_for(kind: str, m: torch.nn.Module) -> tuple[tuple[int, ...], torch.dt
     return None
 
 
-def _placeholder_shape(model: torch.nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
-    """The first tensor input of an fx/export graph, from its recorded example value."""
-    graph = getattr(model, "graph", None)
-    if not isinstance(model, torch.fx.GraphModule) or graph is None:
+def first_input_value(model: torch.nn.Module) -> torch.Tensor | None:
+    """The recorded example value of an fx/export graph's first tensor input (or None)."""
+    if not isinstance(model, torch.fx.GraphModule):
         return None
-    for node in graph.nodes:
+    for node in model.graph.nodes:
         val = node.meta.get("val") if node.op == "placeholder" else None
         if isinstance(val, torch.Tensor) and val.dim() >= 1:
-            try:
-                return tuple(int(d) for d in val.shape[1:]), val.dtype
-            except (TypeError, RuntimeError, ValueError):
-                return None  # symbolic sizes without a hint
+            return val
     return None
+
+
+def _placeholder_shape(model: torch.nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
+    """One sample's shape and dtype from the graph's first input."""
+    val = first_input_value(model)
+    if val is None:
+        return None
+    try:
+        return tuple(int(d) for d in val.shape[1:]), val.dtype
+    except (TypeError, RuntimeError, ValueError):
+        return None  # symbolic sizes without a hint
 
 
 def infer_input_shape(model: torch.nn.Module) -> tuple[tuple[int, ...], torch.dtype] | None:
