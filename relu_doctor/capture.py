@@ -235,7 +235,7 @@ class Capture:
         "samples" stays batch rows."""
         if t.ndim == 1:
             return t.unsqueeze(1)
-        if folded and t.shape[0] != self._rows and self._rows and t.shape[0] % self._rows == 0:
+        if folded and self._folds(t):
             return t.reshape(self._rows, t.shape[0] // self._rows, *t.shape[1:])
         return t
 
