@@ -138,8 +138,8 @@ def finish(model: nn.Sequential) -> nn.Sequential:
     return model
 
 
-def save_and_check(obj: object, name: str) -> int:
-    path = HERE / name
+def save_and_check(obj: object, name: str, out: Path) -> int:
+    path = out / name
     torch.save(obj, path)
     with torch.serialization.safe_globals(SAFE):
         back = torch.load(path, weights_only=True)
@@ -169,7 +169,8 @@ def report(name: str, fired: dict[str, torch.Tensor], size: int, extra: str = ""
     return dead
 
 
-def main() -> int:
+def main(out: Path = HERE) -> int:
+    """Write the sample files into ``out``; exit status 1 when a check fails."""
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     ok = True
@@ -178,12 +179,12 @@ def main() -> int:
     torch.manual_seed(SEED)
     net = textbook()
     fresh = finish(copy.deepcopy(net))  # also the starting point of the dying run
-    size = save_and_check(fresh, "textbook_fresh.pt")
+    size = save_and_check(fresh, "textbook_fresh.pt", out)
     ok &= report("textbook_fresh.pt", fired_units(fresh, (784,)), size) == 0
 
     acc = train_too_hot(net, x[:N_TRAIN], y[:N_TRAIN])
     dying = finish(net)
-    size = save_and_check(dying, "textbook_dying.pt")
+    size = save_and_check(dying, "textbook_dying.pt", out)
     extra = f", train acc {acc:.2f} (lr {LR}, {EPOCHS} epochs, batch {BATCH})"
     ok &= report("textbook_dying.pt", fired_units(dying, (784,)), size, extra) >= 0.3 * 128
 
@@ -191,7 +192,7 @@ def main() -> int:
     model = cnn()
     planted = plant_dead_channels(model)
     model = finish(model)
-    size = save_and_check(model, "cnn_dead.pt")
+    size = save_and_check(model, "cnn_dead.pt", out)
     fired = fired_units(model, (3, 32, 32))
     report("cnn_dead.pt", fired, size, f", planted dead channels {planted}")
     for (bn, chans), relu in zip(planted.items(), ("relu1", "relu2"), strict=True):
@@ -201,11 +202,11 @@ def main() -> int:
             ok = False
 
     data = {"x": x[N_TRAIN:].clone(), "y": y[N_TRAIN:].clone()}  # clone: own storage
-    size = save_and_check(data, "textbook_data.pt")
+    size = save_and_check(data, "textbook_data.pt", out)
     counts = torch.bincount(data["y"], minlength=10).tolist()
     print(f"textbook_data.pt: x (512, 784) float32, y int64 counts {counts}, {size / 1024:.0f} KiB")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE))

@@ -16,7 +16,7 @@ from torch import nn
 import relu_doctor
 from relu_doctor.errors import CaptureError
 from relu_doctor.report import ModelReport
-from tests.models import (
+from tests.fixtures.models import (
     DEAD_BIAS,
     ConvNet,
     FamilyModel,

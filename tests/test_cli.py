@@ -1,7 +1,7 @@
 """The `relu-doctor` command line (DESIGN section 3): output formats, files, exit codes and
 one-line `Error:` messages.
 
-Expected numbers come from the planted models of ``conftest.planted_models`` (dead units
+Expected numbers come from the planted models of ``tests/fixtures/planted.py`` (dead units
 have bias -1e4), never from relu-doctor's own output. Scans use 2 synthetic batches of 32,
 so every site sees N = 64 samples.
 """

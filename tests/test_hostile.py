@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import torch
-from loading_fixtures import pt2_bytes, replace_in_zip, tiny
 from torch import nn
 
 from relu_doctor.errors import LoadError, UnsafePickleError
 from relu_doctor.loading import load_model
+from tests.fixtures.loading import pt2_bytes, replace_in_zip, tiny
 
 
 class OpenPayload:

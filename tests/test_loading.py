@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from loading_fixtures import Exportable, pt2_bytes, tiny, write_arch
 from torch import nn
 
 from relu_doctor.errors import LoadError, UnsafePickleError, UsageError
 from relu_doctor.loading import WEIGHT_KEYS, LoadedModel, load_model, safe_globals, trust_from_env
+from tests.fixtures.loading import Exportable, pt2_bytes, tiny, write_arch
 
 
 class CustomNet(nn.Module):

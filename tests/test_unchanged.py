@@ -12,7 +12,7 @@ from torch import nn
 
 import relu_doctor
 from relu_doctor.errors import ReluDoctorError
-from tests.models import GradNet, StatefulNet, reference_grad_norms
+from tests.fixtures.models import GradNet, StatefulNet, reference_grad_norms
 
 HOOK_DICTS = (
     "_forward_hooks",
