@@ -31,6 +31,11 @@ def _fail(message: str, debug: bool) -> NoReturn:
     sys.exit(EXIT_ERROR)
 
 
+def _flag(name: str) -> str:
+    """The command-line flag of a library parameter named in an error message."""
+    return "--format" if name == "fmt" else "--" + name.replace("_", "-")
+
+
 def _config_origin(exc: click.ClickException) -> str:
     """Say so when a bad value came from pyproject.toml rather than the command line."""
     ctx, param = getattr(exc, "ctx", None), getattr(exc, "param", None)
@@ -63,7 +68,7 @@ class DoctorGroup(click.Group):
             click.echo("Aborted.", err=True)
             sys.exit(130)
         except ReluDoctorError as exc:
-            _fail(str(exc), debug)
+            _fail(exc.render(_flag), debug)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)

@@ -7,9 +7,9 @@ from typing import Any
 
 from relu_doctor import export, render
 from relu_doctor.api import resolve_device, scan
-from relu_doctor.datafiles import data_source
 from relu_doctor.inputs import check_batch_args, parse_input_shape
-from relu_doctor.loading import load_model, trust_from_env
+from relu_doctor.load.data import data_source
+from relu_doctor.load.model import load_model, trust_from_env
 from relu_doctor.report import ModelReport
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from relu_doctor.errors import LoadError, UnsafePickleError
-from relu_doctor.loading import load_model
+from relu_doctor.load.model import load_model
 from tests.fixtures.loading import pt2_bytes, replace_in_zip, tiny
 
 
@@ -116,7 +116,7 @@ def test_pickle_payload_runs_with_trust(tmp_path: Path, marker: Path, how: str) 
         loaded = load_model(str(path), trust=True)  # the model itself loads fine
         assert isinstance(loaded.module, nn.Sequential)
     elif how == "in-checkpoint":
-        with pytest.raises(LoadError, match="state dict"):  # loaded; needs --arch next
+        with pytest.raises(LoadError, match="state dict"):  # loaded; needs arch next
             load_model(str(path), trust=True)
     else:
         with pytest.raises(LoadError, match=r"holds a _io\.TextIOWrapper object"):
@@ -152,7 +152,7 @@ def test_export_payload_needs_trust(tmp_path: Path, marker: Path) -> None:
     torch.save(((OpenPayload(marker),), {}), buf)
     path = tmp_path / "evil.pt2"
     replace_in_zip(pt2_bytes(), path, "sample_inputs/model.pt", buf.getvalue())
-    with pytest.raises(LoadError, match=r"torch.export program.*--trust"):
+    with pytest.raises(LoadError, match=r"torch.export program.*trust"):
         load_model(str(path))
     assert not marker.exists()
     # Trusted: the payload runs. (torch then trips over its own fallback log call, which

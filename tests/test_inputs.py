@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from relu_doctor.datafiles import load_data
 from relu_doctor.errors import InputError, UsageError
 from relu_doctor.inputs import (
     SPATIAL_FALLBACKS,
@@ -26,6 +25,7 @@ from relu_doctor.inputs import (
     synthetic_batches,
     tensor_batches,
 )
+from relu_doctor.load.data import load_data
 
 CPU = torch.device("cpu")
 

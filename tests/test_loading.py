@@ -1,4 +1,4 @@
-"""relu_doctor.loading: every format, every bad input, one clear error each."""
+"""relu_doctor.load.model: every format, every bad input, one clear error each."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from relu_doctor.errors import LoadError, UnsafePickleError, UsageError
-from relu_doctor.loading import WEIGHT_KEYS, LoadedModel, load_model, safe_globals, trust_from_env
+from relu_doctor.load.model import (
+    WEIGHT_KEYS,
+    LoadedModel,
+    load_model,
+    safe_globals,
+    trust_from_env,
+)
 from tests.fixtures.loading import Exportable, pt2_bytes, tiny, write_arch
 
 
@@ -89,7 +95,7 @@ def test_whole_model_in_legacy_format_needs_trust(tmp_path: Path) -> None:
     # which torch's weights-only unpickler never accepts; state dicts in it load fine.
     model = tiny()
     path = save(model, tmp_path / "old.pt", legacy=True)
-    with pytest.raises(LoadError, match=r"legacy \(pre-1.6\) format.*--trust") as err:
+    with pytest.raises(LoadError, match=r"legacy \(pre-1.6\) format.*trust") as err:
         load_model(path)
     assert not isinstance(err.value, UnsafePickleError)
     assert same_weights(load_model(path, trust=True).module, model)
@@ -117,8 +123,8 @@ def test_custom_class_refused_with_globals_and_ways_forward(tmp_path: Path, lega
         load_model(path)
     assert err.value.globals_needed == [f"{__name__}.CustomNet"]
     msg = str(err.value)
-    assert "--arch" in msg
-    assert "--trust" in msg
+    assert "pass arch MODULE:CALLABLE" in msg  # the CLI renders it as --arch
+    assert "pass trust" in msg
     assert "RELU_DOCTOR_TRUST=1" in msg
     assert "\n" not in msg
 
@@ -131,7 +137,7 @@ def test_custom_class_loads_with_trust(tmp_path: Path) -> None:
 
 
 def test_whole_model_with_arch_is_usage_error(tmp_path: Path, arch: str) -> None:
-    with pytest.raises(UsageError, match="whole pickled model; drop --arch"):
+    with pytest.raises(UsageError, match="whole pickled model; drop arch"):
         load_model(save(tiny(), tmp_path / "whole.pt"), arch=f"{arch}:build")
 
 
@@ -148,7 +154,7 @@ def test_state_dict_with_arch(tmp_path: Path, arch: str, legacy: bool) -> None:
 
 
 def test_state_dict_without_arch(tmp_path: Path) -> None:
-    with pytest.raises(LoadError, match=r"is a state dict \(4 tensors\).*--arch MODULE:CALLABLE"):
+    with pytest.raises(LoadError, match=r"is a state dict \(4 tensors\).*arch MODULE:CALLABLE"):
         load_model(save(tiny().state_dict(), tmp_path / "sd.pt"))
 
 
@@ -168,7 +174,7 @@ def test_checkpoint_holding_whole_model(tmp_path: Path, arch: str) -> None:
     model = tiny()
     path = save({"epoch": 1, "model": model}, tmp_path / "ckpt.pt")
     assert same_weights(load_model(path).module, model)
-    with pytest.raises(UsageError, match="drop --arch"):
+    with pytest.raises(UsageError, match="drop arch"):
         load_model(path, arch=f"{arch}:build")
 
 
@@ -202,7 +208,7 @@ def test_key_mismatch_lists_keys_and_shapes(tmp_path: Path, arch: str) -> None:
     with pytest.raises(LoadError) as err:
         load_model(save(sd, tmp_path / "w.pt"), arch=f"{arch}:build")
     msg = str(err.value)
-    assert "w.pt does not fit --arch" in msg
+    assert "w.pt does not fit arch" in msg
     assert "missing (1): 2.bias" in msg
     assert "unexpected (1): extra.bias" in msg
     assert "0.weight (3, 4) vs model (8, 4)" in msg
@@ -269,7 +275,7 @@ def test_factory_from_package_class() -> None:
 def test_factory_errors(arch: str) -> None:
     with pytest.raises(LoadError, match="returned a list of 3 items"):
         load_model(f"{arch}:not_a_module")
-    with pytest.raises(UsageError, match="factory that builds the model; drop --arch"):
+    with pytest.raises(UsageError, match="factory that builds the model; drop arch"):
         load_model(f"{arch}:build", arch=f"{arch}:build")
     with pytest.raises(UsageError, match="cannot import"):
         load_model("not_a_module_xyz:Net")
@@ -282,20 +288,20 @@ def test_factory_errors(arch: str) -> None:
 def test_torchscript_needs_trust(tmp_path: Path, arch: str) -> None:
     path = tmp_path / "scripted.pt"  # extension says torch.save; content says TorchScript
     torch.jit.script(tiny()).save(str(path))
-    with pytest.raises(LoadError, match=r"TorchScript archive.*--trust"):
+    with pytest.raises(LoadError, match=r"TorchScript archive.*trust"):
         load_model(str(path))
     loaded = load_model(str(path), trust=True)
     assert loaded.source == "script"
     assert isinstance(loaded.module, torch.jit.ScriptModule)
     assert loaded.module(torch.ones(1, 4)).shape == (1, 2)
-    with pytest.raises(UsageError, match="drop --arch"):
+    with pytest.raises(UsageError, match="drop arch"):
         load_model(str(path), arch=f"{arch}:build", trust=True)
 
 
 def test_export_program_needs_trust(tmp_path: Path) -> None:
     path = tmp_path / "model.pt2"
     path.write_bytes(pt2_bytes())
-    with pytest.raises(LoadError, match=r"torch.export program.*--trust"):
+    with pytest.raises(LoadError, match=r"torch.export program.*trust"):
         load_model(str(path))
     loaded = load_model(str(path), trust=True)
     assert (loaded.source, loaded.name) == ("export", "model.pt2")
@@ -329,7 +335,7 @@ def test_safetensors_with_arch(tmp_path: Path, arch: str) -> None:
 
 def test_safetensors_without_arch(tmp_path: Path) -> None:
     path = safetensors_file(tmp_path / "w.safetensors", tiny().state_dict())
-    with pytest.raises(LoadError, match=r"is a state dict .*--arch"):
+    with pytest.raises(LoadError, match=r"is a state dict .*arch"):
         load_model(path)
 
 

@@ -31,15 +31,15 @@ from typing import IO, Any, Literal
 import torch
 from torch import nn
 
-from relu_doctor import specs
-from relu_doctor.checkpoints import ARCH_HINT as _ARCH
-from relu_doctor.checkpoints import WEIGHT_KEYS, describe, find_weights, fit
-from relu_doctor.errors import LoadError, UnsafePickleError, UsageError
+from relu_doctor.errors import LoadError, UnsafePickleError, UsageError, param
+from relu_doctor.load import specs
+from relu_doctor.load.state_dict import ARCH_HINT as _ARCH
+from relu_doctor.load.state_dict import WEIGHT_KEYS, describe, find_weights, fit
 
 __all__ = ["WEIGHT_KEYS", "LoadedModel", "load_model", "safe_globals", "trust_from_env"]
 
 TRUST_ENV = "RELU_DOCTOR_TRUST"
-_TRUST = "pass --trust (or set RELU_DOCTOR_TRUST=1) only if you trust this file"
+_TRUST = f"pass {param('trust')} (or set RELU_DOCTOR_TRUST=1) only if you trust this file"
 _FORMATS = "expected a torch.save file, TorchScript, .pt2 or .safetensors"
 _CODE = {
     "script": "a TorchScript archive: its code runs on load and on forward (it can write files)",
@@ -114,7 +114,9 @@ def load_model(
     path = Path(spec)
     if specs.looks_like_spec(spec) and not path.exists():
         if arch is not None:
-            raise UsageError(f"{spec} is a factory that builds the model; drop --arch")
+            raise UsageError(
+                f"{spec} is a factory that builds the model; drop {param('arch')}", param="arch"
+            )
         model = specs.call_spec(spec)
         if not isinstance(model, nn.Module):
             raise LoadError(f"{spec} returned {describe(model)}, not a torch.nn.Module")
@@ -345,7 +347,9 @@ def _qualname(obj: Any) -> str:
 
 def _no_arch(arch: str | None, spec: str, what: str) -> None:
     if arch is not None:
-        raise UsageError(f"{spec} is {what}; drop --arch (it is only for state dicts)")
+        raise UsageError(
+            f"{spec} is {what}; drop {param('arch')} (it is only for state dicts)", param="arch"
+        )
 
 
 def _reason(exc: BaseException) -> str:

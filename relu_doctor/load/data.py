@@ -1,4 +1,4 @@
-"""Data files for `--data`: .pt, .npy, .npz, .csv, .parquet, or a MODULE:CALLABLE factory.
+"""Data files for ``data``: .pt, .npy, .npz, .csv, .parquet, or a MODULE:CALLABLE factory.
 
 Files are read eagerly (errors surface before the scan starts), then sliced into batches
 without copies.
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from relu_doctor.errors import InputError, UsageError
+from relu_doctor.errors import InputError, UsageError, param
 from relu_doctor.inputs import (
     Batch,
     _array_to_tensor,
@@ -21,7 +21,7 @@ from relu_doctor.inputs import (
     check_batch_args,
     tensor_batches,
 )
-from relu_doctor.specs import call_spec, looks_like_spec
+from relu_doctor.load.specs import call_spec, looks_like_spec
 
 _FILE_X_KEYS = ("x", "inputs", "input", "data", "features")
 _FILE_Y_KEYS = ("y", "targets", "target", "labels", "label")
@@ -141,7 +141,7 @@ _READERS |= {".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
 
 
 def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
-    """`--data FILE|MODULE:CALLABLE` -> batches. Files are read now, so errors come first."""
+    """``data`` FILE|MODULE:CALLABLE -> batches. Files are read now, so errors come first."""
     return data_source(spec, batch_size=batch_size)()
 
 
@@ -152,15 +152,15 @@ def data_source(spec: str, *, batch_size: int) -> Callable[[], Iterator[Batch]]:
     path = Path(spec)
     if path.is_dir():
         raise InputError(
-            f"--data {spec} is a directory; give one file ({_FORMATS}) or MODULE:CALLABLE"
+            f"{param('data')} {spec} is a directory; give one file ({_FORMATS}) or MODULE:CALLABLE"
         )
     if not path.is_file():
         if looks_like_spec(spec):
-            first = call_spec(spec, "--data")  # errors surface before any scan
+            first = call_spec(spec, "data")  # errors surface before any scan
             made = [first]
 
             def fresh() -> Iterator[Batch]:
-                data = made.pop() if made else call_spec(spec, "--data")
+                data = made.pop() if made else call_spec(spec, "data")
                 return _as_batches(data, batch_size, f"what {spec} returned")
 
             return fresh
@@ -176,7 +176,7 @@ def _read_file(spec: str, path: Path) -> tuple[torch.Tensor, torch.Tensor | None
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise InputError(
-            f"--data {spec}: unknown file type {path.suffix or '(none)'!r}; "
+            f"{param('data')} {spec}: unknown file type {path.suffix or '(none)'!r}; "
             f"use {_FORMATS}, or MODULE:CALLABLE that returns batches"
         )
     try:

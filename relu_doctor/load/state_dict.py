@@ -1,5 +1,5 @@
 """State dicts and training checkpoints: find the weights, strip wrapper prefixes, and fit
-them into the model that `--arch` builds, with a readable list of what does not fit."""
+them into the model that ``arch`` builds, with a readable list of what does not fit."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from relu_doctor import specs
-from relu_doctor.errors import LoadError
+from relu_doctor.errors import LoadError, param
+from relu_doctor.load import specs
 
 #: Where training checkpoints keep the model or its state dict, in the order tried.
 WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights", "params")
-ARCH_HINT = "pass --arch MODULE:CALLABLE that builds the model"
+ARCH_HINT = f"pass {param('arch')} MODULE:CALLABLE that builds the model"
 _PREFIXES = ("module.", "model.")  # DataParallel/DDP, Lightning
 _SHOWN = 5  # keys listed per kind in a mismatch message
 
@@ -52,9 +52,9 @@ def strip_prefixes(sd: Mapping[str, Any], arch_keys: set[str]) -> dict[str, Any]
 
 
 def fit(sd: Mapping[str, Any], arch: str, spec: str) -> nn.Module:
-    model = specs.call_spec(arch, "--arch")
+    model = specs.call_spec(arch, "arch")
     if not isinstance(model, nn.Module):
-        raise LoadError(f"--arch {arch} returned {describe(model)}, not a torch.nn.Module")
+        raise LoadError(f"{param('arch')} {arch} returned {describe(model)}, not a torch.nn.Module")
     want = model.state_dict()
     sd = strip_prefixes(sd, set(want))
     problems = {
@@ -77,8 +77,8 @@ def fit(sd: Mapping[str, Any], arch: str, spec: str) -> nn.Module:
     except Exception as exc:
         parts = [" ".join(str(exc).split())[:300]]
     raise LoadError(
-        f"{spec} does not fit --arch {arch}: {'; '.join(parts)}; "
-        "check that --arch builds the architecture the weights were saved from"
+        f"{spec} does not fit {param('arch')} {arch}: {'; '.join(parts)}; "
+        f"check that {param('arch')} builds the architecture the weights were saved from"
     )
 
 

@@ -1,7 +1,7 @@
 """Resolve `pkg.module:attr` and `path/to/file.py:attr` specs to Python objects.
 
-Used by `--arch`, `--data MODULE:CALLABLE` and MODEL factories. Importing a spec runs the
-user's own code by design (they named it), so it needs no `--trust`.
+Used by ``arch``, ``data`` MODULE:CALLABLE and MODEL factories. Importing a spec runs the
+user's own code by design (they named it), so it needs no trust.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relu_doctor.errors import UsageError
+from relu_doctor.errors import UsageError, param
 
 
 def looks_like_spec(text: str) -> bool:
@@ -61,12 +61,14 @@ def _import_module(left: str) -> Any:
 
 def resolve(spec: str, option: str = "") -> Any:
     """Return the object a `MODULE:ATTR` spec names (ATTR may be dotted); errors name the
-    ``option`` the spec came from (``--arch``)."""
+    parameter ``option`` the spec came from (``arch``)."""
     try:
         return _resolve(spec)
     except UsageError as exc:
         if option:
-            raise UsageError(f"{option} {spec}: {exc}") from exc.__cause__
+            raise UsageError(
+                f"{param(option)} {spec}: {exc.template}", param=option
+            ) from exc.__cause__
         raise
 
 
@@ -86,7 +88,7 @@ def _resolve(spec: str) -> Any:
 def call_spec(spec: str, option: str = "") -> Any:
     """Resolve a spec and call it with no arguments (a factory); classes are instantiated."""
     obj = resolve(spec, option)
-    where = f"{option} {spec}" if option else repr(spec)
+    where = f"{param(option)} {spec}" if option else repr(spec)
     if not callable(obj):
         raise UsageError(f"{where} names a {type(obj).__name__}, not a callable")
     try:
