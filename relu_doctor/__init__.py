@@ -1,7 +1,7 @@
 """relu-doctor: find, explain, gate and repair dying ReLU units in PyTorch models.
 
-Importing the package is cheap: torch and pandas load only when `scan` or a report is used,
-so `relu-doctor --help` starts fast.
+Importing the package is cheap: torch and pandas load only when ``scan`` or a report is
+used, so ``relu-doctor --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -10,20 +10,26 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelReport", "SiteStats", "__version__", "scan"]
+__all__ = ["ModelReport", "SiteReport", "SiteStats", "__version__", "scan"]
 
 if TYPE_CHECKING:
+    from relu_doctor.analyze.report import ModelReport, SiteReport
+    from relu_doctor.analyze.report import SiteReport as SiteStats
     from relu_doctor.api import scan
-    from relu_doctor.report import ModelReport, SiteStats
+
+#: Public name -> (module, attribute), imported on first use.
+_LAZY = {
+    "scan": ("relu_doctor.api", "scan"),
+    "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
+    "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
+    "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "scan":
-        from relu_doctor.api import scan
+    if name in _LAZY:
+        import importlib
 
-        return scan
-    if name in ("ModelReport", "SiteStats"):
-        from relu_doctor import report
-
-        return getattr(report, name)
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'relu_doctor' has no attribute {name!r}")

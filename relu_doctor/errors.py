@@ -10,12 +10,24 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-_PARAM = re.compile(r"⟨([a-z_]+)⟩")
+_PARAM = re.compile(r"⟨([a-z_]+)(?:=([^⟩]*))?⟩")
 
 
-def param(name: str) -> str:
-    """Mark a parameter name inside an error message (rendered by ``ReluDoctorError``)."""
-    return f"⟨{name}⟩"
+def param(name: str, value: object = None) -> str:
+    """Mark a parameter inside an error message (rendered by ``ReluDoctorError``), with a
+    value when the message suggests one: ``param("grad", False)`` is ``grad=False`` in the
+    library and ``--no-grad`` on the command line."""
+    return f"⟨{name}⟩" if value is None else f"⟨{name}={value}⟩"
+
+
+def _library(m: re.Match[str]) -> str:
+    return m.group(1) if m.group(2) is None else f"{m.group(1)}={m.group(2)}"
+
+
+def one_line(exc: BaseException | None, limit: int = 300) -> str:
+    """One line of an exception's message, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ReluDoctorError(Exception):
@@ -27,11 +39,12 @@ class ReluDoctorError(Exception):
     def __init__(self, message: str, *, param: str | None = None) -> None:
         self.template = message
         self.param = param
-        super().__init__(_PARAM.sub(r"\1", message))
+        super().__init__(_PARAM.sub(_library, message))
 
-    def render(self, name_of: Callable[[str], str]) -> str:
-        """The message with each marked parameter spelled by ``name_of`` (e.g. its flag)."""
-        return _PARAM.sub(lambda m: name_of(m.group(1)), self.template)
+    def render(self, spell: Callable[[str, str | None], str]) -> str:
+        """The message with each marked parameter (and value) spelled by ``spell``, e.g. as
+        a command-line flag."""
+        return _PARAM.sub(lambda m: spell(m.group(1), m.group(2)), self.template)
 
 
 class LoadError(ReluDoctorError):

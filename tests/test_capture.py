@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import relu_doctor
+from relu_doctor.analyze.report import ModelReport
 from relu_doctor.errors import CaptureError
-from relu_doctor.report import ModelReport
 from tests.fixtures.models import (
     DEAD_BIAS,
     ConvNet,

@@ -1,10 +1,12 @@
-"""Tests for relu_doctor.inputs: every way data gets in, and every way it can be wrong."""
+"""Every way data gets in (batches, shapes, synthetic inputs, data files), and every way it
+can be wrong."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,20 +14,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from relu_doctor.cli.options import InputShape
 from relu_doctor.errors import InputError, UsageError
-from relu_doctor.inputs import (
-    SPATIAL_FALLBACKS,
-    Batch,
-    as_batches,
-    check_batch_args,
-    infer_input_shape,
-    infer_int_high,
-    limit,
-    parse_input_shape,
-    synthetic_batches,
-    tensor_batches,
-)
-from relu_doctor.load.data import load_data
+from relu_doctor.load.data import data_source
+from relu_doctor.scanner.batches import Batch, Batches, as_batches, check_batch_args, tensor_batches
+from relu_doctor.scanner.shapes import infer_input_shape, infer_int_high, synthetic_batches
+
+
+def load_data(spec: str, batch_size: int) -> Batches:
+    """Read a data file (or call a factory) as the command line does."""
+    return data_source(spec, batch_size=batch_size)()
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    return InputShape().convert(text, None, None)
+
 
 CPU = torch.device("cpu")
 
@@ -57,23 +60,18 @@ def test_parse_input_shape(text: str, expected: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("text", ["", "3,,32", "0,3", "-1", "3.5", "a,b", "²", "3;32"])
 def test_parse_input_shape_rejects(text: str) -> None:
-    with pytest.raises(UsageError, match="expected comma-separated positive integers like 3,32,32"):
+    with pytest.raises(click.BadParameter, match="expected comma-separated positive integers"):
         parse_input_shape(text)
 
 
 def test_check_batch_args() -> None:
     check_batch_args(1, None)
     check_batch_args(32, 8)
-    with pytest.raises(UsageError, match=r"^--batch-size must be a positive integer, got -3$"):
+    with pytest.raises(UsageError, match=r"^batch_size must be a positive integer, got -3$") as e:
         check_batch_args(-3, 8)
-    with pytest.raises(UsageError, match=r"^--batches must be a positive integer, got 0$"):
+    assert e.value.param == "batch_size"
+    with pytest.raises(UsageError, match=r"^batches must be a positive integer, got 0$"):
         check_batch_args(32, 0)
-
-
-def test_spatial_fallbacks_start_with_the_defaults() -> None:
-    assert SPATIAL_FALLBACKS[1][0] == 64
-    assert SPATIAL_FALLBACKS[2][0] == 32
-    assert SPATIAL_FALLBACKS[3][0] == 16
 
 
 # --- infer_input_shape -----------------------------------------------------------------
@@ -193,9 +191,9 @@ def test_synthetic_batches_integer_ids() -> None:
 
 
 def test_synthetic_batches_bad_args() -> None:
-    with pytest.raises(UsageError, match="--batch-size"):
+    with pytest.raises(UsageError, match="batch_size"):
         synthetic_batches((3,), batch_size=0, batches=1, seed=0, device=CPU)
-    with pytest.raises(UsageError, match="--batches"):
+    with pytest.raises(UsageError, match="batches"):
         synthetic_batches((3,), batch_size=1, batches=-1, seed=0, device=CPU)
 
 
@@ -240,9 +238,9 @@ def test_limit_reads_no_further_than_needed() -> None:
             pulled.append(i)
             yield torch.ones(1, 2)
 
-    assert len(list(limit(as_batches(gen(), 1), 3))) == 3
+    assert len(list(as_batches(gen(), 1).limit(3))) == 3
     assert pulled == [0, 1, 2]
-    assert len(list(limit(as_batches(torch.ones(5, 2), 1), None))) == 5
+    assert len(list(as_batches(torch.ones(5, 2), 1).limit(None))) == 5
 
 
 def test_as_batches_dataloader() -> None:
@@ -280,7 +278,7 @@ def test_as_batches_item_forms() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (42, "data is a int; accepted: a tensor of samples"),
+        (42, "data is an int; accepted: a tensor of samples"),
         ("x.csv", "data is a str"),
         ({"x": torch.ones(2)}, r"pass \[the_dict\]"),
         (torch.tensor(1.0), "0-d tensor"),
@@ -309,7 +307,7 @@ def test_as_batches_rejects_bad_items_when_reached(item: object, message: str) -
 
 
 def test_as_batches_rejects_bad_batch_size() -> None:
-    with pytest.raises(UsageError, match="--batch-size must be a positive integer, got 0"):
+    with pytest.raises(UsageError, match="batch_size must be a positive integer, got 0"):
         as_batches(torch.ones(2, 2), 0)
 
 
@@ -317,7 +315,7 @@ def test_as_batches_rejects_bad_batch_size() -> None:
 
 
 def _one(spec: Path | str, batch_size: int = 100) -> Batch:
-    batches = list(load_data(str(spec), batch_size=batch_size))
+    batches = list(load_data(str(spec), batch_size))
     assert len(batches) == 1
     return batches[0]
 
@@ -332,7 +330,7 @@ def test_load_pt_forms(tmp_path: Path) -> None:
     assert pair.targets is not None and torch.equal(pair.targets, y)
     d = _one(tmp_path / "d.PT")
     assert torch.equal(d.args[0], x) and d.targets is not None
-    assert [b.rows for b in load_data(str(tmp_path / "t.pt"), batch_size=4)] == [4, 2]
+    assert [b.rows for b in load_data(str(tmp_path / "t.pt"), 4)] == [4, 2]
 
 
 class _Custom:
@@ -342,10 +340,10 @@ class _Custom:
 def test_load_pt_never_unpickles_code(tmp_path: Path) -> None:
     torch.save({"x": torch.ones(2), "obj": _Custom()}, tmp_path / "evil.pt")
     with pytest.raises(InputError, match=r"cannot read .*evil\.pt as pt data"):
-        load_data(str(tmp_path / "evil.pt"), batch_size=4)
+        load_data(str(tmp_path / "evil.pt"), 4)
     torch.save({"weight": torch.ones(2)}, tmp_path / "sd.pt")
     with pytest.raises(InputError, match="keys weight; expected x"):
-        load_data(str(tmp_path / "sd.pt"), batch_size=4)
+        load_data(str(tmp_path / "sd.pt"), 4)
 
 
 def test_load_npy_dtypes(tmp_path: Path) -> None:
@@ -368,7 +366,7 @@ def test_load_npz(tmp_path: Path) -> None:
     assert _one(tmp_path / "positional.npz").targets is not None
     np.savez(tmp_path / "bad.npz", a=x, b=y)
     with pytest.raises(InputError, match=r"has arrays a, b; name the inputs x"):
-        load_data(str(tmp_path / "bad.npz"), batch_size=4)
+        load_data(str(tmp_path / "bad.npz"), 4)
 
 
 def test_load_csv_with_targets(tmp_path: Path) -> None:
@@ -402,7 +400,7 @@ def test_load_parquet_without_pyarrow(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(pd, "read_parquet", no_engine)
     with pytest.raises(InputError, match=r"pip install relu-doctor\[parquet\]"):
-        load_data(str(tmp_path / "d.parquet"), batch_size=4)
+        load_data(str(tmp_path / "d.parquet"), 4)
 
 
 def test_load_from_callable_spec(tmp_path: Path) -> None:
@@ -414,10 +412,10 @@ def test_load_from_callable_spec(tmp_path: Path) -> None:
         "def nothing():\n"
         "    return 5\n"
     )
-    batches = list(load_data(f"{tmp_path / 'mydata.py'}:batches", batch_size=1))
+    batches = list(load_data(f"{tmp_path / 'mydata.py'}:batches", 1))
     assert len(batches) == 3 and batches[0].rows == 2 and batches[0].targets is not None
-    with pytest.raises(InputError, match="returned is a int"):
-        load_data(f"{tmp_path / 'mydata.py'}:nothing", batch_size=1)
+    with pytest.raises(InputError, match="returned is an int"):
+        load_data(f"{tmp_path / 'mydata.py'}:nothing", 1)
 
 
 # --- load_data: bad files --------------------------------------------------------------
@@ -426,47 +424,47 @@ def test_load_from_callable_spec(tmp_path: Path) -> None:
 def test_load_csv_errors(tmp_path: Path) -> None:
     (tmp_path / "text.csv").write_text("a,city,kind,y\n1,Oslo,x,0\n")
     with pytest.raises(InputError, match=r"non-numeric columns \(city, kind\)"):
-        load_data(str(tmp_path / "text.csv"), batch_size=4)
+        load_data(str(tmp_path / "text.csv"), 4)
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(InputError, match=r"empty\.csv has no rows"):
-        load_data(str(tmp_path / "empty.csv"), batch_size=4)
+        load_data(str(tmp_path / "empty.csv"), 4)
     (tmp_path / "header.csv").write_text("a,b\n")
     with pytest.raises(InputError, match=r"header\.csv has no rows"):
-        load_data(str(tmp_path / "header.csv"), batch_size=4)
+        load_data(str(tmp_path / "header.csv"), 4)
     (tmp_path / "onlyy.csv").write_text("y\n1\n")
     with pytest.raises(InputError, match="no feature columns"):
-        load_data(str(tmp_path / "onlyy.csv"), batch_size=4)
+        load_data(str(tmp_path / "onlyy.csv"), 4)
 
 
 def test_load_missing_directory_unknown(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"data file .*nope\.npy not found"):
-        load_data(str(tmp_path / "nope.npy"), batch_size=4)
+        load_data(str(tmp_path / "nope.npy"), 4)
     with pytest.raises(InputError, match="is a directory"):
-        load_data(str(tmp_path), batch_size=4)
+        load_data(str(tmp_path), 4)
     (tmp_path / "d.txt").write_text("1 2 3")
     with pytest.raises(InputError, match=r"unknown file type '\.txt'; use \.pt"):
-        load_data(str(tmp_path / "d.txt"), batch_size=4)
+        load_data(str(tmp_path / "d.txt"), 4)
 
 
 @pytest.mark.parametrize("name", ["bad.npy", "bad.npz", "bad.pt", "bad.parquet"])
 def test_load_corrupt_files(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_bytes(b"\x93NUMPY garbage that is not a real file")
     with pytest.raises(InputError, match=f"cannot read .*{name}"):
-        load_data(str(tmp_path / name), batch_size=4)
+        load_data(str(tmp_path / name), 4)
 
 
 def test_load_refuses_object_arrays_and_empty_data(tmp_path: Path) -> None:
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="cannot read"):
-        load_data(str(tmp_path / "obj.npy"), batch_size=4)
+        load_data(str(tmp_path / "obj.npy"), 4)
     np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
     with pytest.raises(InputError, match=r"empty\.npy has no samples"):
-        load_data(str(tmp_path / "empty.npy"), batch_size=4)
+        load_data(str(tmp_path / "empty.npy"), 4)
     np.save(tmp_path / "str.npy", np.array(["a", "b"]))
     with pytest.raises(InputError, match="dtype <U1; data must be numeric"):
-        load_data(str(tmp_path / "str.npy"), batch_size=4)
+        load_data(str(tmp_path / "str.npy"), 4)
 
 
 def test_load_checks_batch_size(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="--batch-size must be a positive integer, got -3"):
-        load_data(str(tmp_path / "x.npy"), batch_size=-3)
+    with pytest.raises(UsageError, match="batch_size must be a positive integer, got -3"):
+        load_data(str(tmp_path / "x.npy"), -3)

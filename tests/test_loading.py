@@ -86,7 +86,7 @@ def test_whole_torch_nn_model_loads_without_trust(tmp_path: Path) -> None:
     model = tiny()
     loaded = load_model(save(model, tmp_path / "whole.pt"))
     assert isinstance(loaded, LoadedModel)
-    assert (loaded.source, loaded.name, loaded.exported) == ("eager", "whole.pt", None)
+    assert (loaded.runtime, loaded.name, loaded.exported) == ("eager", "whole.pt", None)
     assert same_weights(loaded.module, model)
 
 
@@ -149,7 +149,7 @@ def test_state_dict_with_arch(tmp_path: Path, arch: str, legacy: bool) -> None:
     model = tiny()
     path = save(model.state_dict(), tmp_path / "sd.pth", legacy)
     loaded = load_model(path, arch=f"{arch}:build")
-    assert loaded.source == "eager"
+    assert loaded.runtime == "eager"
     assert same_weights(loaded.module, model)
 
 
@@ -263,7 +263,7 @@ def test_arch_returning_non_module(tmp_path: Path, arch: str) -> None:
 
 def test_factory_from_file(arch: str) -> None:
     loaded = load_model(f"{arch}:build")
-    assert (loaded.source, loaded.name) == ("eager", f"{arch}:build")
+    assert (loaded.runtime, loaded.name) == ("eager", f"{arch}:build")
     assert isinstance(loaded.module, nn.Sequential)
 
 
@@ -291,7 +291,7 @@ def test_torchscript_needs_trust(tmp_path: Path, arch: str) -> None:
     with pytest.raises(LoadError, match=r"TorchScript archive.*trust"):
         load_model(str(path))
     loaded = load_model(str(path), trust=True)
-    assert loaded.source == "script"
+    assert loaded.runtime == "script"
     assert isinstance(loaded.module, torch.jit.ScriptModule)
     assert loaded.module(torch.ones(1, 4)).shape == (1, 2)
     with pytest.raises(UsageError, match="drop arch"):
@@ -304,10 +304,10 @@ def test_export_program_needs_trust(tmp_path: Path) -> None:
     with pytest.raises(LoadError, match=r"torch.export program.*trust"):
         load_model(str(path))
     loaded = load_model(str(path), trust=True)
-    assert (loaded.source, loaded.name) == ("export", "model.pt2")
+    assert (loaded.runtime, loaded.name) == ("export", "model.pt2")
     assert isinstance(loaded.exported, torch.export.ExportedProgram)
-    assert loaded.example_inputs is not None
-    args, kwargs = loaded.example_inputs
+    assert loaded.exported.example_inputs is not None
+    args, kwargs = loaded.exported.example_inputs
     assert args[0].shape == (4, 3)
     assert kwargs == {}
     assert loaded.module(*args).shape == (4, 2)

@@ -3,7 +3,8 @@
 This is what lets a scan be split across processes or machines (DESIGN section 5). The
 accumulator-level algebra is in ``test_stats.py``; here whole ``relu_doctor.scan`` calls go
 through the real capture (module, in-place, functional and LeakyReLU sites, conv and
-linear units, gradients) and their ``unit_stats`` are merged with ``UnitStats.merge``.
+linear units, gradients) and their ``totals`` are merged with ``UnitTotals.merge`` and
+turned into rows with ``SiteReport.from_totals``.
 
 The model has planted units whose answer depends on which data was seen:
 
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import relu_doctor
-from relu_doctor.report import ModelReport
-from relu_doctor.stats import UnitStats, summarize
+from relu_doctor.analyze.report import ModelReport, SiteReport
+from relu_doctor.scanner.accumulate import UnitTotals
 
 BATCH = 16
 NEAR_DEAD = 0.05  # one or two firing samples out of 48..80 is near-dead at this threshold
@@ -86,11 +87,11 @@ def reports() -> tuple[ModelReport, ModelReport, ModelReport]:
     return scan(a), scan(b), scan(torch.cat([a, b]))
 
 
-def stats_of(report: ModelReport) -> dict[str, UnitStats]:
+def stats_of(report: ModelReport) -> dict[str, UnitTotals]:
     out = {}
     for site in report.sites:
-        assert site.unit_stats is not None, site.site
-        out[site.site] = site.unit_stats
+        assert site.totals is not None, site.site
+        out[site.site] = site.totals
     return out
 
 
@@ -122,9 +123,15 @@ def test_merged_raw_statistics_equal_the_joint_scan(reports: tuple[ModelReport, 
 def test_merged_summary_equals_the_joint_row(reports: tuple[ModelReport, ...]) -> None:
     ra, rb, joint = reports
     sa, sb = stats_of(ra), stats_of(rb)
-    assert joint.thresholds is not None
     for row in joint.sites:
-        s = summarize(sa[row.site].merge(sb[row.site]), row.activation, joint.thresholds)
+        s = SiteReport.from_totals(
+            sa[row.site].merge(sb[row.site]),
+            row.activation,
+            model=joint.model,
+            site=row.site,
+            kind=row.kind,
+            thresholds=joint.thresholds,
+        )
         assert (s.units, s.samples, s.calls) == (row.units, row.samples, row.calls), row.site
         assert (s.dead, s.near_dead, s.dormant) == (row.dead, row.near_dead, row.dormant)
         assert s.dead_fraction == row.dead_fraction
@@ -149,19 +156,3 @@ def test_planted_units_change_state_only_with_the_data_that_wakes_them(
     assert act["joint"].dead_margin is not None and act["joint"].dead_margin < -90
     fires = stats_of(joint)["act"].fires
     assert fires[0] == 0 and fires[1] == 2 and fires[2] == 1
-
-
-def test_merge_is_order_independent_for_the_summary(reports: tuple[ModelReport, ...]) -> None:
-    ra, rb, joint = reports
-    sa, sb = stats_of(ra), stats_of(rb)
-    assert joint.thresholds is not None
-    for row in joint.sites:
-        ab = summarize(sa[row.site].merge(sb[row.site]), row.activation, joint.thresholds)
-        ba = summarize(sb[row.site].merge(sa[row.site]), row.activation, joint.thresholds)
-        assert (ab.dead, ab.near_dead, ab.dormant, ab.samples) == (
-            ba.dead,
-            ba.near_dead,
-            ba.dormant,
-            ba.samples,
-        )
-        assert ab.sparsity == pytest.approx(ba.sparsity)

@@ -2,7 +2,7 @@
 
 Each test feeds pre-activations through ``SiteAccumulator`` the way the capture does
 (``observe_pre`` on the input, ``observe_out`` on the activation's output) and checks
-``UnitStats`` / ``unit_metrics`` / ``summarize`` against values worked out in the comments.
+``UnitTotals`` / ``unit_metrics`` / ``summarize`` against values worked out in the comments.
 """
 
 from __future__ import annotations
@@ -14,13 +14,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relu_doctor.stats import (
-    SiteAccumulator,
-    Thresholds,
-    UnitStats,
-    summarize,
-    unit_metrics,
-)
+from relu_doctor.activations import by_name
+from relu_doctor.analyze.metrics import Thresholds, UnitMetrics
+from relu_doctor.analyze.metrics import unit_metrics as metrics_of
+from relu_doctor.analyze.report import SiteReport
+from relu_doctor.scanner.accumulate import SiteAccumulator, UnitTotals
+
+
+def summarize(totals: UnitTotals, activation: str, th: Thresholds) -> SiteReport:
+    """The report row of one site's totals (the public call a merged scan uses too)."""
+    act = by_name(activation)
+    assert act is not None
+    return SiteReport.from_totals(totals, act, model="m", site="s", kind="k", thresholds=th)
+
+
+def unit_metrics(totals: UnitTotals, activation: str, th: Thresholds) -> UnitMetrics:
+    act = by_name(activation)
+    assert act is not None
+    return metrics_of(totals, act, th)
+
 
 ACTIVATIONS = {
     "ReLU": torch.relu,
@@ -36,7 +48,7 @@ def accumulate(
     unit_dim: int = 1,
     eps: float = 0.0,
     grads: list[torch.Tensor] = (),  # type: ignore[assignment]
-) -> UnitStats:
+) -> UnitTotals:
     units = batches[0].shape[unit_dim]
     acc = SiteAccumulator(
         units, unit_dim, torch.device("cpu"), relu_like=activation in ("ReLU", "ReLU6")

@@ -6,7 +6,7 @@ without copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from relu_doctor.errors import InputError, UsageError, param
-from relu_doctor.inputs import (
-    Batch,
-    _array_to_tensor,
-    _as_batches,
+from relu_doctor.load.specs import call_spec, looks_like_spec
+from relu_doctor.scanner.batches import (
+    Batches,
+    array_to_tensor,
+    as_batches,
     check_batch_args,
     tensor_batches,
 )
-from relu_doctor.load.specs import call_spec, looks_like_spec
 
 _FILE_X_KEYS = ("x", "inputs", "input", "data", "features")
 _FILE_Y_KEYS = ("y", "targets", "target", "labels", "label")
@@ -57,7 +57,7 @@ def _read_torch(path: Path) -> tuple[Any, Any]:
 def _read_numpy(path: Path) -> tuple[Any, Any]:
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
-        return _array_to_tensor(loaded, str(path)), None
+        return array_to_tensor(loaded, str(path)), None
     with loaded as z:
         files = list(z.files)
         xk, yk = _pick(files, _FILE_X_KEYS), _pick(files, _FILE_Y_KEYS)
@@ -71,8 +71,8 @@ def _read_numpy(path: Path) -> tuple[Any, Any]:
                 "(or inputs/data) and the optional targets y (or targets/labels): "
                 "np.savez(path, x=x, y=y)"
             )
-        x = _array_to_tensor(z[xk], f"{path}[{xk}]")
-        y = None if yk is None else _array_to_tensor(z[yk], f"{path}[{yk}]", target=True)
+        x = array_to_tensor(z[xk], f"{path}[{xk}]")
+        y = None if yk is None else array_to_tensor(z[yk], f"{path}[{yk}]", target=True)
     return x, y
 
 
@@ -140,12 +140,7 @@ _READERS = {".pt": _read_torch, ".pth": _read_torch, ".npy": _read_numpy, ".npz"
 _READERS |= {".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
 
 
-def load_data(spec: str, *, batch_size: int) -> Iterator[Batch]:
-    """``data`` FILE|MODULE:CALLABLE -> batches. Files are read now, so errors come first."""
-    return data_source(spec, batch_size=batch_size)()
-
-
-def data_source(spec: str, *, batch_size: int) -> Callable[[], Iterator[Batch]]:
+def data_source(spec: str, *, batch_size: int) -> Callable[[], Batches]:
     """A fresh stream of the same batches on every call (one per scanned model): a file is
     read once, a MODULE:CALLABLE factory is called again each time."""
     check_batch_args(batch_size, None)
@@ -159,9 +154,9 @@ def data_source(spec: str, *, batch_size: int) -> Callable[[], Iterator[Batch]]:
             first = call_spec(spec, "data")  # errors surface before any scan
             made = [first]
 
-            def fresh() -> Iterator[Batch]:
+            def fresh() -> Batches:
                 data = made.pop() if made else call_spec(spec, "data")
-                return _as_batches(data, batch_size, f"what {spec} returned")
+                return as_batches(data, batch_size, f"what {spec} returned")
 
             return fresh
         raise InputError(

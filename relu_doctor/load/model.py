@@ -53,10 +53,9 @@ class LoadedModel:
     """A loaded model and where it came from."""
 
     module: nn.Module
-    source: Literal["eager", "script", "export"]
+    runtime: Literal["eager", "script", "export"]
     name: str
     exported: torch.export.ExportedProgram | None = None
-    example_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
 
 def trust_from_env() -> bool:
@@ -154,9 +153,7 @@ def _load_export(path: Path, dev: torch.device) -> LoadedModel:
         from torch.export.passes import move_to_device_pass
 
         ep = move_to_device_pass(ep, dev)
-    example = getattr(ep, "example_inputs", None)
-    example = example if isinstance(example, tuple) and len(example) == 2 else None
-    return LoadedModel(ep.module(), "export", path.name, ep, example)
+    return LoadedModel(ep.module(), "export", path.name, ep)
 
 
 def _load_safetensors(path: Path, spec: str, dev: torch.device) -> dict[str, torch.Tensor]:

@@ -8,14 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the first parameter or buffer (CPU for a stateless model)."""
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
+from relu_doctor.device import model_device
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""The backward side of a scan: the loss, one forward/backward step, and per-parameter
-gradient norms. ``torch.autograd.grad`` is used throughout, so ``.grad`` is never touched.
+"""The backward side of a scan: the loss and per-parameter gradient norms.
+
+``torch.autograd.grad`` is used throughout, so ``.grad`` is never touched.
 """
 
 from __future__ import annotations
@@ -10,18 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from relu_doctor.errors import CaptureError, InputError
-from relu_doctor.inputs import Batch, iter_tensors
-
-
-def run(module: nn.Module, batch: Batch) -> Any:
-    return module(*batch.args, **batch.kwargs)
-
-
-def short(exc: BaseException | None, limit: int = 300) -> str:
-    """One line of an exception's message, cut to ``limit`` characters."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+from relu_doctor.errors import CaptureError, InputError, one_line, param
+from relu_doctor.scanner.batches import iter_tensors
 
 
 def loss_of(output: Any, targets: torch.Tensor | None) -> torch.Tensor | None:
@@ -86,43 +77,33 @@ class ParamGrads:
         ]
 
 
-def grad_inputs(batch: Batch) -> Batch:
-    """A frozen model still gets site gradients: make float inputs require grad."""
-
-    def lift(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v.detach().requires_grad_(True)
-        return v
-
-    return Batch(
-        tuple(lift(a) for a in batch.args),
-        {k: lift(v) for k, v in batch.kwargs.items()},
-        batch.targets,
-        batch.rows,
-    )
+#: The loss each kind of targets gets, as the report names it.
+LOSSES = {
+    "cross_entropy": "cross-entropy (integer targets)",
+    "mse": "MSE (float targets shaped like the output)",
+    "surrogate": "0.5 * mean_batch(sum(output**2)) (no targets)",
+}
 
 
-def step(
-    module: nn.Module, batch: Batch, grad: bool, params: list[nn.Parameter], warnings: list[str]
+def loss_name(targets: torch.Tensor | None) -> str:
+    """Which loss ``loss_of`` uses for these targets (a key of ``LOSSES``)."""
+    if targets is None:
+        return "surrogate"
+    return "mse" if targets.is_floating_point() else "cross_entropy"
+
+
+def backward(
+    loss: torch.Tensor, params: list[nn.Parameter], inputs: list[torch.Tensor]
 ) -> tuple[torch.Tensor | None, ...] | None:
-    """One forward, and with ``grad`` one backward through ``autograd.grad`` (which never
-    touches ``.grad``)."""
-    if not grad:
-        with torch.inference_mode():  # as fast as a plain inference forward can be
-            run(module, batch)
-        return None
-    out = run(module, batch)
-    loss = loss_of(out, batch.targets)
-    if loss is None or not loss.requires_grad:
-        warnings.append("the model's output carries no gradient; grad_norm is empty")
-        return None
-    wrt: list[torch.Tensor] = list(params)
-    wrt += [t for t in iter_tensors((batch.args, batch.kwargs)) if t.requires_grad]
+    """Gradients of ``loss`` w.r.t. ``params`` then ``inputs`` (the site gradients are caught
+    by the capture on the way), through ``autograd.grad``, which never touches ``.grad``."""
+    wrt = [*params, *inputs]
     if not wrt:
         return None
     try:
         return torch.autograd.grad(loss, wrt, allow_unused=True)
     except RuntimeError as exc:
         raise CaptureError(
-            f"backward pass failed: {short(exc)}. Scan forward only with --no-grad"
+            f"backward pass failed: {one_line(exc)}. Scan forward only with {param('grad', False)}",
+            param="grad",
         ) from exc

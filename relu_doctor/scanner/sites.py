@@ -16,33 +16,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-#: Activation op name -> activation class name (the ``activation`` column).
-OP_ACTIVATION = {
-    "relu": "ReLU",
-    "relu6": "ReLU6",
-    "leaky_relu": "LeakyReLU",
-    "elu": "ELU",
-    "prelu": "PReLU",
-}
-ACTIVATION_OP = {v: k for k, v in OP_ACTIVATION.items()}
-
-
-def module_activation(module: nn.Module) -> str | None:
-    """The activation class an eager module implements, or None for other modules."""
-    if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is Hardtanh(0, 6)
-        return "ReLU6" if (module.min_val, module.max_val) == (0.0, 6.0) else None
-    for cls in (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ELU):
-        if isinstance(module, cls):
-            return cls.__name__
-    return None
-
-
-def script_activation(module: nn.Module) -> str | None:
-    """Like ``module_activation`` for a TorchScript submodule (its original class name)."""
-    name = getattr(module, "original_name", None)
-    if name == "Hardtanh":
-        return None  # bounds are not inspectable here; a ReLU6 keeps its own name
-    return name if name in ACTIVATION_OP else None
+from relu_doctor.activations import (
+    Activation,
+    by_name,
+    by_op,
+    graph_op,
+    hardtanh_bounds,
+    is_relu6_bounds,
+    module_activation,
+    script_activation,
+)
 
 
 @dataclass(frozen=True)
@@ -78,14 +61,14 @@ class Call:
 class Resolver(Protocol):
     """Finds the enclosing module of each activation call."""
 
-    source: str
+    runtime: str
 
     def install(self) -> None: ...
     def remove(self) -> None: ...
     def start_forward(self) -> None: ...
     def resolve(self, op: str) -> Call: ...
     def where(self) -> str: ...
-    def declared(self) -> dict[str, str]: ...
+    def declared(self) -> dict[str, Activation]: ...
     def warnings(self) -> list[str]: ...
 
 
@@ -96,7 +79,7 @@ class EagerResolver:
     to the failing module, which is what the error message names.
     """
 
-    source = "eager"
+    runtime = "eager"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -140,10 +123,8 @@ class EagerResolver:
         if not self._stack:
             return Call("", False)
         path, module = self._stack[-1]
-        activation = module_activation(module)
-        if activation is not None and ACTIVATION_OP[activation] == op:
-            return Call(path, True)
-        return Call(path, False)
+        act = module_activation(module)
+        return Call(path, act is not None and act.op == op)
 
     def where(self) -> str:
         if not self._stack:
@@ -151,7 +132,7 @@ class EagerResolver:
         path, module = self._stack[-1]
         return f"{path or '<root>'} ({type(module).__name__})"
 
-    def declared(self) -> dict[str, str]:
+    def declared(self) -> dict[str, Activation]:
         return {
             path: act
             for path, mod in self.model.named_modules()
@@ -185,8 +166,10 @@ class StaticResolver:
     that match; then calls are named by order under the root and a warning says so.
     """
 
-    def __init__(self, source: str, calls: list[StaticCall], declared: dict[str, str]) -> None:
-        self.source = source
+    def __init__(
+        self, runtime: str, calls: list[StaticCall], declared: dict[str, Activation]
+    ) -> None:
+        self.runtime = runtime
         self._calls = calls
         self._declared = declared
         self._i = 0
@@ -214,40 +197,19 @@ class StaticResolver:
     def where(self) -> str:
         return self._last or "<root>"
 
-    def declared(self) -> dict[str, str]:
+    def declared(self) -> dict[str, Activation]:
         return self._declared
 
     def warnings(self) -> list[str]:
         if self._mismatch:
             return [
-                f"the {self.source} graph has control flow the scan could not follow; "
+                f"the {self.runtime} graph has control flow the scan could not follow; "
                 "some sites are named by call order under the root"
             ]
         return []
 
 
-_SCRIPT_OPS = {
-    "aten::relu": "relu",
-    "aten::relu_": "relu",
-    "aten::relu6": "relu6",
-    "aten::relu6_": "relu6",
-    "aten::hardtanh": "hardtanh",
-    "aten::hardtanh_": "hardtanh",
-    "aten::leaky_relu": "leaky_relu",
-    "aten::leaky_relu_": "leaky_relu",
-    "aten::elu": "elu",
-    "aten::elu_": "elu",
-    "aten::prelu": "prelu",
-    "aten::_prelu_kernel": "prelu",
-}
 _FRAME = re.compile(r"([^.()]*)\(([^()]*)\)")
-
-
-def _is_relu6_bounds(lo: Any, hi: Any) -> bool:
-    try:
-        return float(lo) == 0.0 and float(hi) == 6.0
-    except (TypeError, ValueError):
-        return False
 
 
 def _script_nodes(block: Any) -> Iterator[Any]:
@@ -258,25 +220,30 @@ def _script_nodes(block: Any) -> Iterator[Any]:
 
 
 def _script_call(node: Any) -> StaticCall | None:
-    op = _SCRIPT_OPS.get(node.kind())
-    if op is None:
+    act = graph_op(node.kind())
+    if act is None:
         return None
-    if op == "hardtanh":
+    if act.bounded and node.kind().startswith("aten::hardtanh"):
         try:
             lo, hi = (node.inputsAt(i).toIValue() for i in (1, 2))
         except RuntimeError:
             return None
-        if not _is_relu6_bounds(lo, hi):
+        if not is_relu6_bounds(lo, hi):
             return None
-        op = "relu6"
+    op = act.op
     frames = [
         (name, typ)
         for name, typ in _FRAME.findall(node.getModuleHierarchy())
         if name != "UNKNOWN_INSTANCE"
     ]
     path = ".".join(name for name, _ in frames)
-    module_site = bool(frames) and ACTIVATION_OP.get(frames[-1][1]) == op
-    return StaticCall(op, path, module_site)
+    return StaticCall(op, path, bool(frames) and _class_op(frames[-1][1]) == op)
+
+
+def _class_op(class_name: str) -> str | None:
+    """The op of an activation module class named in a graph (``ReLU`` -> ``relu``)."""
+    act = by_name(class_name.rsplit(".", 1)[-1])
+    return act.op if act is not None else None
 
 
 def script_resolver(model: torch.jit.ScriptModule) -> StaticResolver:
@@ -284,65 +251,47 @@ def script_resolver(model: torch.jit.ScriptModule) -> StaticResolver:
     graph = model.inlined_graph
     torch._C._jit_pass_constant_propagation(graph)  # fold `if inplace:` branches
     calls = [c for n in _script_nodes(graph) if (c := _script_call(n)) is not None]
-    declared = {path: act for path, mod in model.named_modules() if (act := script_activation(mod))}
+    declared = {p: act for p, mod in model.named_modules() if (act := script_activation(mod))}
     return StaticResolver("script", calls, declared)
-
-
-_EXPORT_OPS = {
-    "relu": "relu",
-    "relu_": "relu",
-    "relu6": "relu6",
-    "relu6_": "relu6",
-    "hardtanh": "hardtanh",
-    "hardtanh_": "hardtanh",
-    "leaky_relu": "leaky_relu",
-    "leaky_relu_": "leaky_relu",
-    "elu": "elu",
-    "elu_": "elu",
-    "prelu": "prelu",
-    "_prelu_kernel": "prelu",
-}
 
 
 def _export_call(node: Any) -> StaticCall | None:
     if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
         return None
-    op = _EXPORT_OPS.get(node.target._opname)
-    if op is None:
+    name = node.target._opname
+    act = graph_op(name)
+    if act is None:
         return None
-    if op == "hardtanh":
-        lo, hi = [*node.args, -1.0, 1.0][1:3]
-        if not _is_relu6_bounds(node.kwargs.get("min_val", lo), node.kwargs.get("max_val", hi)):
-            return None
-        op = "relu6"
+    if name.startswith("hardtanh") and not is_relu6_bounds(
+        *hardtanh_bounds(tuple(node.args), dict(node.kwargs))
+    ):
+        return None
     stack = list((node.meta.get("nn_module_stack") or {}).values())
     path, type_name = stack[-1] if stack else ("", "")
-    cls = str(type_name).rsplit(".", 1)[-1]
-    module_site = bool(path) and ACTIVATION_OP.get(cls) == op
-    return StaticCall(op, str(path), module_site)
+    return StaticCall(act.op, str(path), bool(path) and _class_op(str(type_name)) == act.op)
 
 
 def export_resolver(graph_module: torch.fx.GraphModule) -> StaticResolver:
     """Read an export graph: ``nn_module_stack`` metadata names each node's module."""
     calls = [c for n in graph_module.graph.nodes if (c := _export_call(n)) is not None]
-    declared = {c.path: OP_ACTIVATION[c.op] for c in calls if c.module_site}
+    declared = {c.path: by_op(c.op) for c in calls if c.module_site}
     return StaticResolver("export", calls, declared)
 
 
-def make_resolver(model: nn.Module, source: str) -> Resolver:
-    """The resolver for a model loaded as ``eager``, ``script`` or ``export``."""
-    if source == "script":
+def make_resolver(model: nn.Module, runtime: str) -> Resolver:
+    """The resolver for a model that runs as ``eager``, ``script`` or ``export``."""
+    if runtime == "script":
         if not isinstance(model, torch.jit.ScriptModule):
-            raise TypeError("source 'script' needs a ScriptModule")
+            raise TypeError("runtime 'script' needs a ScriptModule")
         return script_resolver(model)
-    if source == "export":
+    if runtime == "export":
         if not isinstance(model, torch.fx.GraphModule):
-            raise TypeError("source 'export' needs the GraphModule of ep.module()")
+            raise TypeError("runtime 'export' needs the GraphModule of ep.module()")
         return export_resolver(model)
     return EagerResolver(model)
 
 
-def detect_source(model: nn.Module) -> str:
+def detect_runtime(model: nn.Module) -> str:
     """Guess how a module given to the API runs: TorchScript, an export graph, or eager."""
     if isinstance(model, torch.jit.ScriptModule):
         return "script"

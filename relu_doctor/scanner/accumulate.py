@@ -1,4 +1,4 @@
-"""Per-unit statistics: on-the-spot reductions, mergeable accumulators, pure summaries.
+"""Per-unit reductions done inside the capture, and their mergeable host-side totals.
 
 A site's activations are reduced inside the capture hook to a handful of per-unit vectors
 (O(units) memory, never O(samples x units)) that stay on the activation's device until the
@@ -14,9 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-#: Activations whose output is exactly ``max(0, x)`` below some cap: they die like ReLU.
-RELU_FAMILY = frozenset({"ReLU", "ReLU6"})
 
 
 def other_dims(ndim: int, keep: tuple[int, ...]) -> tuple[int, ...]:
@@ -168,9 +165,9 @@ class SiteAccumulator:
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
         self.samples, self.calls, self.elements, self.grad_calls = (int(v) for v in counts.tolist())
 
-    def finalize(self) -> UnitStats:
+    def finalize(self) -> UnitTotals:
         """Copy to host once, at the end of the scan."""
-        return UnitStats(
+        return UnitTotals(
             samples=self.samples,
             calls=self.calls,
             elements=self.elements,
@@ -190,8 +187,9 @@ def _counts(t: torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class UnitStats:
-    """Host copy of a site's raw per-unit statistics; ``merge`` combines partial scans."""
+class UnitTotals:
+    """Host copy of a site's raw per-unit sums and maxima; ``merge`` combines partial scans
+    (batches, processes, machines) exactly."""
 
     samples: int
     calls: int
@@ -208,14 +206,14 @@ class UnitStats:
     def units(self) -> int:
         return int(self.fires.shape[0])
 
-    def merge(self, other: UnitStats) -> UnitStats:
+    def merge(self, other: UnitTotals) -> UnitTotals:
         """Statistics of both scans together (the scan of A then B)."""
         if other.units != self.units:
             raise ValueError(f"cannot merge sites with {self.units} and {other.units} units")
         max_out = None
         if self.max_out is not None and other.max_out is not None:
             max_out = np.maximum(self.max_out, other.max_out)
-        return UnitStats(
+        return UnitTotals(
             samples=self.samples + other.samples,
             calls=self.calls + other.calls,
             elements=self.elements + other.elements,
@@ -227,111 +225,3 @@ class UnitStats:
             max_out=max_out,
             grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
         )
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The knobs of section 2 of the design: firing threshold, near-dead rate, ReDo tau."""
-
-    eps: float = 0.0
-    near_dead: float = 0.01
-    tau: float = 0.025
-
-
-def activation_of_max(activation: str, max_pre: np.ndarray) -> np.ndarray:
-    """Largest output per unit from the largest pre-activation (ReLU and ReLU6 are monotone)."""
-    out = np.maximum(max_pre, 0.0)
-    return np.minimum(out, 6.0) if activation == "ReLU6" else out
-
-
-@dataclass(frozen=True, eq=False)
-class UnitMetrics:
-    """Per-unit metrics derived from ``UnitStats`` (the per-unit dump)."""
-
-    firing_rate: np.ndarray
-    finite: np.ndarray
-    dead: np.ndarray
-    near_dead: np.ndarray
-    score: np.ndarray
-    dormant: np.ndarray
-    mean_abs: np.ndarray
-    max_activation: np.ndarray
-    sparsity: np.ndarray
-
-
-def unit_metrics(stats: UnitStats, activation: str, th: Thresholds) -> UnitMetrics:
-    """Firing rate, dead / near-dead / dormant flags and the ReDo score of every unit."""
-    samples = max(stats.samples, 1)
-    elements = max(stats.elements, 1)
-    rate = stats.fires / samples
-    # NaN/Inf elements never count as firing; a unit that saw them is flagged (``finite``)
-    # but still judged on its firing, so one bad input row does not hide the dead units.
-    finite = np.isfinite(stats.abs_sum) & ~np.isnan(stats.max_pre)
-    dead = (stats.fires == 0) & (stats.samples > 0)
-    near = (rate > 0) & (rate < th.near_dead)
-    mean_abs = stats.abs_sum / elements
-    layer_mean = float(np.mean(mean_abs[finite])) if finite.any() else 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
-    dormant = (score <= th.tau) & finite
-    if stats.max_out is not None:
-        max_act = stats.max_out
-    else:
-        max_act = activation_of_max(activation, stats.max_pre)
-    return UnitMetrics(
-        firing_rate=rate,
-        finite=finite,
-        dead=dead,
-        near_dead=near,
-        score=score,
-        dormant=dormant,
-        mean_abs=mean_abs,
-        max_activation=max_act,
-        sparsity=1.0 - stats.active / elements,
-    )
-
-
-def _median(values: np.ndarray) -> float | None:
-    """Median of the finite values; None when there are none."""
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if finite.size else None
-
-
-@dataclass(frozen=True)
-class SiteSummary:
-    """The per-site numbers of the report table (section 3 of the design)."""
-
-    units: int
-    samples: int
-    calls: int
-    dead: int
-    dead_fraction: float
-    near_dead: int
-    dormant: int
-    sparsity: float
-    max_activation: float | None
-    dead_margin: float | None
-    grad_norm: float | None
-    nonfinite: int
-
-
-def summarize(stats: UnitStats, activation: str, th: Thresholds) -> SiteSummary:
-    """Reduce per-unit statistics to one table row."""
-    m = unit_metrics(stats, activation, th)
-    dead = int(m.dead.sum())
-    finite_max = m.max_activation[np.isfinite(m.max_activation)]
-    total = stats.elements * stats.units
-    return SiteSummary(
-        units=stats.units,
-        samples=stats.samples,
-        calls=stats.calls,
-        dead=dead,
-        dead_fraction=dead / stats.units if stats.units else 0.0,
-        near_dead=int(m.near_dead.sum()),
-        dormant=int(m.dormant.sum()),
-        sparsity=float(1.0 - stats.active.sum() / total) if total else 0.0,
-        max_activation=float(finite_max.max()) if finite_max.size else None,
-        dead_margin=_median(stats.max_pre[m.dead]),
-        grad_norm=stats.grad_norm_sum / stats.grad_calls if stats.grad_calls else None,
-        nonfinite=int((~m.finite).sum()),
-    )

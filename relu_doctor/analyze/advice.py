@@ -1,12 +1,11 @@
-"""Repairs: for now the suggestions a scan prints (activation swaps and re-init come with
-`fix`). Suggestions are pure functions of the report's numbers, each with its reason.
-"""
+"""Advice: what to do about the dead units a scan found. Suggestions are pure functions of
+the report's numbers, each with its reason."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from relu_doctor.report import SiteStats, Suggestion
+from relu_doctor.analyze.report import SiteReport, Suggestion
 
 #: A margin deeper than this share of the live units' typical peak counts as "far below zero".
 SHALLOW_MARGIN = 0.5
@@ -31,16 +30,16 @@ _ELU = (
 )
 
 
-def _live_scale(site: SiteStats) -> float | None:
+def _live_scale(site: SiteReport) -> float | None:
     """Median peak pre-activation of the units that fire: the layer's working scale."""
-    u = site.unit_stats
+    u = site.totals
     if u is None:
         return None
     live = u.max_pre[(u.fires > 0) & np.isfinite(u.max_pre)]
     return float(np.median(live)) if live.size else None
 
 
-def _site_suggestions(site: SiteStats) -> list[Suggestion]:
+def _site_suggestions(site: SiteReport) -> list[Suggestion]:
     if not site.counted or not site.dead or site.dead_margin is None:
         return []
     share = f"{site.dead} of {site.units} units never fire"
@@ -57,7 +56,7 @@ def _site_suggestions(site: SiteStats) -> list[Suggestion]:
     return out
 
 
-def suggest(sites: tuple[SiteStats, ...], dead_fraction: float) -> list[Suggestion]:
+def suggest(sites: tuple[SiteReport, ...], dead_fraction: float) -> list[Suggestion]:
     """Suggestions for every site with dead units, then one for the whole model."""
     out = [s for site in sites for s in _site_suggestions(site)]
     dying = [s for s in sites if s.counted and s.dead]

@@ -1,0 +1,100 @@
+"""Turn a raw scan into a ``ModelReport``: site names, rows, the activation modules that
+never ran, warnings, suggestions, and the loud "no ReLU found" error."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from relu_doctor.activations import UNMEASURED, Activation
+from relu_doctor.analyze.advice import suggest
+from relu_doctor.analyze.metrics import Thresholds
+from relu_doctor.analyze.report import ModelReport, ParamGrad, SiteReport
+from relu_doctor.errors import CaptureError
+from relu_doctor.scanner.session import RawScan
+from relu_doctor.scanner.sites import site_name
+
+
+def _not_executed(
+    model: str, path: str, act: Activation, runtime: str, th: Thresholds
+) -> SiteReport:
+    kind = act.name if not act.relu_family else ("module" if runtime == "eager" else runtime)
+    return SiteReport.from_totals(None, act, model=model, site=path, kind=kind, thresholds=th)
+
+
+def _no_relu_error(model: str, raw: RawScan, declared: dict[str, Activation]) -> CaptureError:
+    if declared:
+        names = ", ".join(list(declared)[:5])
+        return CaptureError(
+            f"{model}: its activation modules ({names}) never ran during the scan, so nothing "
+            "was measured; the forward may bypass them or run code the capture cannot see "
+            "(e.g. a compiled graph). Scan the uncompiled model"
+        )
+    others = sorted({v for k, v in UNMEASURED.items() if k in raw.ops_seen})
+    has = f"it uses {', '.join(others)}" if others else "it calls no activation function at all"
+    return CaptureError(
+        f"no ReLU found in {model}: {has}. relu-doctor measures ReLU and ReLU6 (modules, "
+        "F.relu, Tensor.relu, TorchScript, torch.export) and lists LeakyReLU/PReLU/ELU"
+    )
+
+
+def _warnings(raw: RawScan, sites: list[SiteReport]) -> list[str]:
+    out = list(raw.warnings)
+    idle = [s.site for s in sites if not s.executed]
+    if idle:
+        out.append(f"activation modules never executed during the scan: {', '.join(idle[:6])}")
+    bad = [s for s in sites if s.nonfinite]
+    if bad:
+        units = sum(s.nonfinite for s in bad)
+        out.append(
+            f"NaN or Inf reached {units} units (sites {', '.join(s.site for s in bad[:4])}); "
+            "they are not counted as dead: check the inputs and the weights"
+        )
+    return out
+
+
+def build_report(
+    model: str,
+    raw: RawScan,
+    th: Thresholds,
+    *,
+    grad: bool,
+    mode: str,
+    device: str,
+    runtime: str,
+) -> ModelReport:
+    """Name the sites (``act#2`` only for modules that ran more than once per forward)."""
+    repeats = Counter(r.key.group for r in raw.sites)
+    sites = [
+        SiteReport.from_totals(
+            r.totals,
+            r.info.activation,
+            model=model,
+            site=site_name(r.key, repeats[r.key.group] > 1),
+            kind=r.info.kind,
+            thresholds=th,
+            unit_dim=r.info.unit_dim,
+            topology=r.topology,
+        )
+        for r in raw.sites
+    ]
+    declared = raw.declared
+    ran = {r.key.path for r in raw.sites if r.key.module_site}
+    sites += [_not_executed(model, p, a, runtime, th) for p, a in declared.items() if p not in ran]
+    if not any(s.executed for s in sites):
+        raise _no_relu_error(model, raw, declared)
+    report = ModelReport(
+        model=model,
+        samples=raw.samples,
+        batches=raw.batches,
+        sites=tuple(sites),
+        params=tuple(ParamGrad(n, shape, g) for n, shape, g in raw.params),
+        warnings=tuple(_warnings(raw, sites)),
+        thresholds=th,
+        grad=grad,
+        mode=mode,
+        device=device,
+        runtime=runtime,
+        losses=raw.losses,
+    )
+    return replace(report, suggestions=tuple(suggest(report.sites, report.dead_fraction)))

@@ -1,0 +1,143 @@
+"""The ``relu-doctor`` command line: click options in, library calls, output and exit codes.
+
+Exit codes (as ruff): 0 the command ran; 1 ``check`` found the model unhealthy; 2 usage
+error or bad input. Errors are one ``Error:`` line on stderr; ``--debug`` adds the
+traceback. Importing this package loads neither torch nor pandas, so ``--help`` is
+instant; each command's body is imported when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any, NoReturn
+
+import click
+from click.core import ParameterSource
+
+from relu_doctor import __version__
+from relu_doctor.cli import options
+from relu_doctor.cli.config import Config, check_keys, defaults_for, read_config
+from relu_doctor.errors import ReluDoctorError
+
+EXIT_OK, EXIT_ERROR = 0, 2
+CONFIG_ORIGIN = " (set in [tool.relu-doctor] of pyproject.toml)"
+# click >= 8.2 raises this for a group called without a command; older clicks print help.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _fail(message: str) -> NoReturn:
+    if options.DEBUG["on"]:
+        traceback.print_exc()
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _from_config(ctx: click.Context | None, name: str | None) -> str:
+    """Say so when a bad value came from pyproject.toml rather than the command line."""
+    if ctx is None or name is None or name not in ctx.params:
+        return ""
+    return CONFIG_ORIGIN if ctx.get_parameter_source(name) == ParameterSource.DEFAULT_MAP else ""
+
+
+class DoctorGroup(click.Group):
+    """Turns every error into one ``Error:`` line and an exit code (no usage dump)."""
+
+    def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        options.DEBUG["on"] = False
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(argv, *pargs, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # `relu-doctor` alone: help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(EXIT_OK)
+        except click.UsageError as exc:
+            ctx, param = exc.ctx, getattr(exc, "param", None)
+            origin = _from_config(ctx, getattr(param, "name", None))
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(exc.format_message() + origin + hint)
+        except click.ClickException as exc:
+            _fail(exc.format_message())
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except ReluDoctorError as exc:
+            _fail(self._library_error(exc))
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, traceback with --debug
+            hint = "" if options.DEBUG["on"] else " (rerun with --debug)"
+            _fail(f"internal error: {type(exc).__name__}: {exc}{hint}")
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+    def _library_error(self, exc: ReluDoctorError) -> str:
+        """The library's message with parameters spelled as this command's flags."""
+        ctx = RUNNING.get("ctx")
+        params = list(ctx.command.params) if ctx is not None else []
+        params += [p for c in self.commands.values() for p in c.params]
+        message = exc.render(lambda name, value: options.spell(params, name, value))
+        return message + _from_config(ctx, exc.param)
+
+
+#: The context of the command being run (for error messages after it is torn down).
+RUNNING: dict[str, click.Context] = {}
+
+
+@click.group(cls=DoctorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="relu-doctor")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Find dying ReLU units in PyTorch models, explain why they died, and what to do.
+
+    \b
+    Examples:
+      relu-doctor scan model.pt
+      relu-doctor scan model.pt --input-shape 3,32,32 --format json -o report.json
+      relu-doctor scan weights.pt --arch mypkg.models:Net --data batches.pt
+
+    Defaults for every option can be set in [tool.relu-doctor] of the nearest pyproject.toml.
+    """
+    assert isinstance(ctx.command, click.Group)
+    commands = ctx.command.commands
+    try:
+        config = read_config(commands=commands)
+    except ReluDoctorError as exc:  # reported when a command runs, never before --help
+        ctx.meta["config_error"] = exc
+        return
+    ctx.meta["config"] = config
+    ctx.default_map = {name: defaults_for(config, name, cmd) for name, cmd in commands.items()}
+
+
+def start(ctx: click.Context) -> None:
+    """What every command does first: remember its context, report a broken config."""
+    RUNNING["ctx"] = ctx
+    root = ctx.find_root()
+    error = root.meta.get("config_error")
+    if error is not None:
+        raise error
+    config: Config | None = root.meta.get("config")
+    if config is not None and isinstance(root.command, click.Group):
+        check_keys(config, root.command.commands)
+
+
+@main.command(cls=options.GroupedCommand)
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@options.scan_options("scan")
+@click.pass_context
+def scan(ctx: click.Context, models: tuple[str, ...], **opts: Any) -> int:
+    """Scan MODEL(s) and print a per-site table of dead, near-dead and dormant units.
+
+    MODEL is a saved model (a pickle of torch.nn parts, a state dict with --arch, TorchScript,
+    a torch.export .pt2, .safetensors with --arch) or a MODULE:CALLABLE factory. Several
+    models are scanned one after the other (e.g. checkpoints of one run).
+
+    Exit code 0 whatever the model's health; 2 on bad input.
+    """
+    start(ctx)
+    from relu_doctor.cli.scan import run_scan
+
+    if opts.get("output") and ctx.get_parameter_source("fmt") != ParameterSource.COMMANDLINE:
+        opts["fmt"] = None  # a configured format is for stdout; -o follows its extension
+    return run_scan(list(models), opts)

@@ -1,0 +1,1 @@
+"""Outputs: one emitter per format behind the format registry (``formats.py``)."""

@@ -1,0 +1,92 @@
+"""The output-format registry: per format its name, file extensions and emitters.
+
+The click ``--format`` choices, ``-o``'s extension detection and the writing of every file
+read this table; a new format is one ``register`` call plus its emitter module. Emitters
+take a ``Document`` and return text (or bytes, for binary formats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relu_doctor.errors import UsageError, param
+
+if TYPE_CHECKING:
+    from relu_doctor.output.document import Document
+
+Emitter = Callable[["Document"], "str | bytes"]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One output format. ``units``: the per-unit dump in this format, if it has one;
+    ``stdout``: it can be printed (a ``--format`` choice); ``commands``: where it applies."""
+
+    name: str
+    extensions: tuple[str, ...]
+    emit: Emitter
+    units: Emitter | None = None
+    stdout: bool = True
+    commands: tuple[str, ...] = ("scan", "check")
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register(fmt: Format) -> Format:
+    """Add a format; a second one with the same name or extension is a programming error."""
+    taken = {ext for f in FORMATS.values() for ext in f.extensions}
+    if fmt.name in FORMATS or taken & set(fmt.extensions):
+        raise ValueError(f"format {fmt.name} ({', '.join(fmt.extensions)}) clashes")
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def stdout_formats(command: str = "scan") -> list[str]:
+    """Names ``--format`` accepts for ``command``."""
+    return [f.name for f in FORMATS.values() if f.stdout and command in f.commands]
+
+
+def format_for_path(path: str, option: str = "output", units: bool = False) -> Format:
+    """The format a file name asks for (``report.json`` -> json); ``units`` for the per-unit
+    dump, which only some formats have."""
+    suffix = Path(path).suffix.lower()
+    for fmt in FORMATS.values():
+        if suffix in fmt.extensions and (fmt.units is not None or not units):
+            return fmt
+    allowed = [e for f in FORMATS.values() if f.units or not units for e in f.extensions[:1]]
+    hint = f", or pass {param('fmt')}" if option == "output" else ""
+    raise UsageError(
+        f"{param(option)} {path}: cannot tell the format from the extension; "
+        f"use {', '.join(allowed)}{hint}",
+        param=option,
+    )
+
+
+def _table(doc: Document) -> str:
+    from relu_doctor.output.table import plain_text
+
+    return plain_text(doc)
+
+
+def _lazy(module: str, name: str) -> Emitter:
+    """An emitter imported on first use (the registry itself stays cheap to import)."""
+
+    def emit(doc: Document) -> str | bytes:
+        import importlib
+
+        fn: Emitter = getattr(importlib.import_module(f"relu_doctor.output.{module}"), name)
+        return fn(doc)
+
+    return emit
+
+
+register(Format("table", (".txt",), _table))
+register(Format("csv", (".csv",), _lazy("csv_emit", "sites"), _lazy("csv_emit", "units")))
+register(Format("json", (".json",), _lazy("json_emit", "sites"), _lazy("json_emit", "units")))
+register(
+    Format("markdown", (".md", ".markdown"), _lazy("markdown", "sites"), _lazy("markdown", "units"))
+)

@@ -1,0 +1,20 @@
+"""JSON: the report document ``{"tool", "version", "models": [...]}``, and the per-unit dump."""
+
+from __future__ import annotations
+
+import json
+
+from relu_doctor.analyze.report import reports_to_dict
+from relu_doctor.output.document import Document
+
+
+def sites(doc: Document) -> str:
+    return json.dumps(reports_to_dict(list(doc.reports)), indent=2, allow_nan=False) + "\n"
+
+
+def units(doc: Document) -> str:
+    import pandas as pd
+
+    frame = pd.concat([r.units_frame() for r in doc.reports], ignore_index=True)
+    records = json.loads(frame.to_json(orient="records"))
+    return json.dumps({"units": records}, indent=1) + "\n"

@@ -1,0 +1,1 @@
+"""Scanning: batches in, per-site statistics out (see docs/architecture.md)."""
