@@ -24,10 +24,12 @@ class Activation:
     """One activation kind.
 
     ``op`` names the kind in site keys and functional site names (``block1:relu#2``);
-    ``name`` is the class name users know (the ``activation`` column). ``forward`` maps each
-    aten overload to whether it works in place. ``backward_saved`` is the index of the
-    backward op's argument that is the tensor the forward saved: the output for ReLU, the
-    input for the others. ``swap`` builds the module ``fix`` puts in a site's place
+    ``name`` is the class name users know (the ``activation`` column). ``forward`` lists each
+    aten overload that computes it, with whether it works in place (under
+    ``inference_mode`` composite ops such as ``relu6`` and ``prelu`` arrive undecomposed, so
+    both spellings are listed); ``bounded_ops`` only count with the ReLU6 bounds (0, 6).
+    ``backward_saved`` is the index of the backward op's argument that is the tensor the
+    forward saved: the output for ReLU (``saves_output``), the input for the others. ``swap`` builds the module ``fix`` puts in a site's place
     (``units`` for per-channel parameters, ``options`` from the command line).
     """
 
@@ -40,7 +42,7 @@ class Activation:
     backward: Any = None
     backward_saved: int = 1
     saves_output: bool = False
-    bounded: bool = False  # a hardtanh only counts with the ReLU6 bounds (0, 6)
+    bounded_ops: frozenset[Any] = frozenset()
     swap: Callable[[int, dict[str, float]], nn.Module] | None = None
     measured: bool = True
 
@@ -99,7 +101,7 @@ def module_activation(module: nn.Module) -> Activation | None:
     """The kind an eager module implements (``nn.ReLU6`` is a ``Hardtanh(0, 6)``)."""
     for act in _BY_OP.values():
         if act.modules and isinstance(module, act.modules):
-            if act.bounded and not is_relu6_bounds(
+            if act.bounded_ops and not is_relu6_bounds(
                 getattr(module, "min_val", None), getattr(module, "max_val", None)
             ):
                 continue
@@ -123,7 +125,8 @@ def graph_op(name: str) -> Activation | None:
 
 
 _GRAPH_OPS: dict[str, Activation] = {}
-FORWARD_OPS: dict[Any, tuple[Activation, bool]] = {}
+#: aten forward op -> (kind, in place?, needs the ReLU6 bounds check?)
+FORWARD_OPS: dict[Any, tuple[Activation, bool, bool]] = {}
 BACKWARD_OPS: dict[Any, Activation] = {}
 
 
@@ -131,7 +134,7 @@ def _index() -> None:
     """Derived lookup tables of the dispatch mode and graph readers."""
     for act in _BY_OP.values():
         for op, inplace in act.forward:
-            FORWARD_OPS[op] = (act, inplace)
+            FORWARD_OPS[op] = (act, inplace, op in act.bounded_ops)
         if act.backward is not None:
             BACKWARD_OPS[act.backward] = act
         for name in act.graph_ops:
@@ -158,10 +161,15 @@ RELU6 = register(
         name="ReLU6",
         relu_family=True,
         modules=(nn.Hardtanh,),
-        forward=((aten.hardtanh.default, False), (aten.hardtanh_.default, True)),
+        forward=(
+            (aten.hardtanh.default, False),
+            (aten.hardtanh_.default, True),
+            (aten.relu6.default, False),
+            (aten.relu6_.default, True),
+        ),
         graph_ops=("relu6", "relu6_", "hardtanh", "hardtanh_"),
         backward=aten.hardtanh_backward.default,
-        bounded=True,
+        bounded_ops=frozenset({aten.hardtanh.default, aten.hardtanh_.default}),
         swap=lambda units, o: nn.ReLU6(),
     )
 )
@@ -196,7 +204,7 @@ PRELU = register(
         name="PReLU",
         relu_family=False,
         modules=(nn.PReLU,),
-        forward=((aten._prelu_kernel.default, False),),
+        forward=((aten._prelu_kernel.default, False), (aten.prelu.default, False)),
         graph_ops=("prelu", "_prelu_kernel"),
         backward=aten._prelu_kernel_backward.default,
         swap=lambda units, o: nn.PReLU(units, init=o.get("slope", 0.01)),

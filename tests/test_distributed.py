@@ -61,7 +61,7 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def report_json(report: Any) -> dict[str, Any]:
-    """The per-site frame (DESIGN section 3 columns) plus the model-level numbers."""
+    """The per-site frame (the columns of docs/metrics.md) plus the model-level numbers."""
     frame = report.to_frame()
     return {
         "samples": report.samples,

@@ -133,7 +133,6 @@ def test_payload_with_arch_still_refused(tmp_path: Path, marker: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_payload_needs_trust(tmp_path: Path, marker: Path) -> None:
     """A TorchScript archive runs its own code on load (here: creates a file)."""
     path = tmp_path / "scripted.pt"

@@ -119,7 +119,6 @@ def test_inferred_shape_runs_the_model() -> None:
     assert model(*batch.args).shape == (2, 2)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_infer_input_shape_torchscript_scripted_traced_and_reloaded(tmp_path: Path) -> None:
     scripted = torch.jit.script(ConvFirst())
     assert infer_input_shape(scripted) == ((3, 32, 32), F32)
@@ -468,3 +467,40 @@ def test_load_refuses_object_arrays_and_empty_data(tmp_path: Path) -> None:
 def test_load_checks_batch_size(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="batch_size must be a positive integer, got -3"):
         load_data(str(tmp_path / "x.npy"), -3)
+
+
+# --- the batch count, as the progress display shows it ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (torch.rand(10, 3), 3),  # 4 + 4 + 2 rows
+        ((torch.rand(10, 3), torch.arange(10) % 4), 3),  # an (x, y) pair is not 2 batches
+        (np.random.default_rng(0).random((10, 3)), 3),  # nor is an array 10 batches
+        ([torch.rand(2, 3)] * 5, 5),  # a list of batches
+        (DataLoader(TensorDataset(torch.rand(10, 3)), batch_size=3), 4),
+        ((torch.rand(2, 3) for _ in range(3)), None),  # a generator does not know
+    ],
+    ids=["tensor", "pair", "numpy", "list", "dataloader", "generator"],
+)
+def test_progress_counts_the_batches_the_data_makes(data: object, expected: int | None) -> None:
+    import relu_doctor
+
+    seen: list[tuple[int, int | None]] = []
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    relu_doctor.scan(model, data, batch_size=4, progress=lambda d, t: seen.append((d, t)))
+    assert {t for _, t in seen} == {expected}
+    if expected is not None:
+        assert seen[-1] == (expected, expected)
+
+
+def test_progress_total_stops_at_batches() -> None:
+    import relu_doctor
+
+    seen: list[tuple[int, int | None]] = []
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    relu_doctor.scan(
+        model, torch.rand(10, 3), batch_size=4, batches=2, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(1, 2), (2, 2)]

@@ -1,6 +1,6 @@
 """Partial scans merge exactly: a scan of A merged with a scan of B equals a scan of A+B.
 
-This is what lets a scan be split across processes or machines (DESIGN section 5). The
+This is what lets a scan be split across processes or machines (README "Distributed scans"). The
 accumulator-level algebra is in ``test_stats.py``; here whole ``relu_doctor.scan`` calls go
 through the real capture (module, in-place, functional and LeakyReLU sites, conv and
 linear units, gradients) and their ``totals`` are merged with ``UnitTotals.merge`` and

@@ -1,6 +1,7 @@
-"""A scan leaves the model and torch's global state exactly as it found them (DESIGN 4):
-parameters, buffers, ``.training``, ``requires_grad``, existing ``.grad``, hooks, the
-dispatch-mode stack and the global RNG, also when the forward raises half-way."""
+"""A scan leaves the model and torch's global state exactly as it found them (README,
+"Loading and trust"): parameters, buffers, ``.training``, ``requires_grad``, existing
+``.grad``, hooks, the dispatch-mode stack and the global RNG, also when the forward raises
+half-way."""
 
 from __future__ import annotations
 
@@ -149,6 +150,33 @@ def test_frozen_model_gets_site_grad_norms_and_stays_frozen() -> None:
     assert report.params == ()
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     assert_unchanged(model, before)
+
+
+class PairInput(nn.Module):
+    """forward takes one argument that is a tuple: GradNet on its first element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = GradNet()
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.net(pair[0]) + 0 * pair[1].sum()
+
+
+def test_frozen_model_fed_nested_tuples_gets_site_grad_norms() -> None:
+    # The inputs sit inside a tuple inside the batch: the lift to requires_grad must reach
+    # them, or the frozen model's output carries no gradient at all.
+    model = PairInput()
+    model.requires_grad_(False)
+    x = torch.randn(8, GradNet.IN, generator=torch.Generator().manual_seed(11))
+    expected, _ = reference_grad_norms(model.net, [(x[:4], None), (x[4:], None)])
+    batches = [((x[:4], torch.zeros(4)),), ((x[4:], torch.zeros(4)),)]
+    report = relu_doctor.scan(model, batches)
+    assert not any("no gradient" in w for w in report.warnings)
+    for site, value in expected.items():
+        assert report.site(f"net.{site}" if site == "act" else f"net:{site}").grad_norm == (
+            pytest.approx(value, rel=1e-5)
+        ), site
 
 
 def test_scanning_does_not_modify_the_data_tensor() -> None:

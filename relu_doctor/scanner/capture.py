@@ -179,10 +179,12 @@ class Recorder:
         inplace: bool,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        bounded: bool = False,
     ) -> Any:
-        """Measure one activation call and return its result."""
+        """Measure one activation call and return its result (``bounded``: a hardtanh, which
+        only counts with the ReLU6 bounds)."""
         x = args[0]
-        if (act.bounded and not is_relu6_bounds(*hardtanh_bounds(args, kwargs))) or x.ndim == 0:
+        if (bounded and not is_relu6_bounds(*hardtanh_bounds(args, kwargs))) or x.ndim == 0:
             return func(*args, **kwargs)  # a plain hardtanh, or a scalar: not a unit layer
         acc, pre, key = self._site(act, inplace, x)
         acc.observe_pre(pre, self.eps)
@@ -336,7 +338,7 @@ class _Mode(TorchDispatchMode):
         rec = self.recorder
         fwd = FORWARD_OPS.get(func)
         if fwd is not None:
-            return rec.on_activation(func, fwd[0], fwd[1], args, kwargs)
+            return rec.on_activation(func, fwd[0], fwd[1], args, kwargs, fwd[2])
         act = BACKWARD_OPS.get(func)
         if act is not None:
             out = func(*args, **kwargs)

@@ -19,7 +19,7 @@ from relu_doctor.activations import Activation
 from relu_doctor.errors import CaptureError, InputError, ReluDoctorError, one_line, param
 from relu_doctor.scanner.batches import Batch, iter_tensors
 from relu_doctor.scanner.capture import Recorder, SiteRecord
-from relu_doctor.scanner.gradients import ParamGrads, backward, loss_name, loss_of
+from relu_doctor.scanner.gradients import LOSSES, ParamGrads, backward, loss_name, loss_of
 from relu_doctor.scanner.shapes import first_layer
 from relu_doctor.scanner.sites import Resolver, make_resolver
 from relu_doctor.scanner.topology import TopologyTracker
@@ -116,11 +116,19 @@ class ScanSession:
             return
         out = batch.forward(self.module)
         self.recorder.forward_done()
-        loss = loss_of(out, batch.targets)
+        name = loss_name(batch.targets)
+        try:
+            loss = loss_of(out, batch.targets)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            raise InputError(
+                f"the loss ({LOSSES[name]}) failed on batch {self.batches + 1}: "
+                f"{type(exc).__name__}: {one_line(exc)}; check the targets in "
+                f"{param('data')}",
+                param="data",
+            ) from exc
         if loss is None or not loss.requires_grad:
             self.warnings.append("the model's output carries no gradient; grad_norm is empty")
             return
-        name = loss_name(batch.targets)
         if name not in self.losses:
             self.losses.append(name)
         inputs = [t for t in iter_tensors((batch.args, batch.kwargs)) if t.requires_grad]

@@ -223,7 +223,7 @@ def _script_call(node: Any) -> StaticCall | None:
     act = graph_op(node.kind())
     if act is None:
         return None
-    if act.bounded and node.kind().startswith("aten::hardtanh"):
+    if act.bounded_ops and node.kind().startswith("aten::hardtanh"):
         try:
             lo, hi = (node.inputsAt(i).toIValue() for i in (1, 2))
         except RuntimeError:

@@ -129,6 +129,14 @@ def _module_kind(module: nn.Module) -> str:
     return str(name) if isinstance(name, str) else type(module).__name__
 
 
+def _layer_kind(owner_kind: str, op: str) -> str:
+    """The layer's class; export programs keep plain ``Module`` containers, so there the op
+    tells (``Linear`` for matmuls, ``Conv`` for convolutions)."""
+    if owner_kind != "Module":
+        return owner_kind
+    return "Conv" if "conv" in op else "Linear"
+
+
 def _tensors(args: Any) -> Iterator[torch.Tensor]:
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -180,7 +188,7 @@ class TopologyTracker:
                 continue
             uses = self._uses.setdefault(w.key, _Uses())
             if params and _is_layer_op(name) and not params[0][2]:
-                uses.layers.append((params[0][0], params[0][1], w.via))
+                uses.layers.append((params[0][0], _layer_kind(params[0][1], name), w.via))
             else:
                 uses.others.append(name)
         label = self._label(name, inputs, params)
@@ -247,7 +255,7 @@ class TopologyTracker:
                 return _Origin(src.layer, src.kind, params[0][0])
             return _Origin(op=name)
         if params and _is_layer_op(name) and not params[0][2]:
-            return _Origin(params[0][0], params[0][1])
+            return _Origin(params[0][0], _layer_kind(params[0][1], name))
         return _Origin(op=name)
 
 
