@@ -29,8 +29,9 @@ class Activation:
     ``inference_mode`` composite ops such as ``relu6`` and ``prelu`` arrive undecomposed, so
     both spellings are listed); ``bounded_ops`` only count with the ReLU6 bounds (0, 6).
     ``backward_saved`` is the index of the backward op's argument that is the tensor the
-    forward saved: the output for ReLU (``saves_output``), the input for the others. ``swap`` builds the module ``fix`` puts in a site's place
-    (``units`` for per-channel parameters, ``options`` from the command line).
+    forward saved: the output for ReLU (``saves_output``), the input for the others.
+    ``swap`` builds the module ``fix`` puts in a site's place (``units`` for per-channel
+    parameters, ``options`` from the command line).
     """
 
     op: str
