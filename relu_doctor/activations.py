@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from relu_doctor.registry import Registry
+
 aten = torch.ops.aten
 
 
@@ -48,27 +50,22 @@ class Activation:
     measured: bool = True
 
 
-_BY_OP: dict[str, Activation] = {}
-_BY_NAME: dict[str, Activation] = {}
+_BY_OP: Registry[Activation] = Registry("activation op")
+_BY_NAME: Registry[Activation] = Registry("activation")
 #: Ops of activations relu-doctor does not measure, named in the "no ReLU found" error.
-UNMEASURED: dict[str, str] = {}
+UNMEASURED: Registry[str] = Registry("unmeasured op")
 
 
 def register(act: Activation) -> Activation:
     """Add a kind; a second kind with the same op or name is a programming error."""
-    if act.op in _BY_OP or act.name in _BY_NAME:
-        raise ValueError(f"activation {act.name} ({act.op}) is already registered")
-    _BY_OP[act.op] = act
-    _BY_NAME[act.name] = act
-    return act
+    _BY_NAME.add(act.name, act)
+    return _BY_OP.add(act.op, act)
 
 
 def unmeasured(name: str, *ops: str) -> None:
     """Name an activation the scan does not measure, by the aten op names it shows up as."""
     for op in ops:
-        if op in UNMEASURED:
-            raise ValueError(f"op {op} is already registered")
-        UNMEASURED[op] = name
+        UNMEASURED.add(op, name)
 
 
 def by_op(op: str) -> Activation:

@@ -16,14 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from relu_doctor.cli.options import InputShape
 from relu_doctor.errors import InputError, UsageError
-from relu_doctor.load.data import data_source
+from relu_doctor.load.data import batch_factory
 from relu_doctor.scanner.batches import Batch, Batches, as_batches, check_batch_args, tensor_batches
 from relu_doctor.scanner.shapes import infer_input_shape, infer_int_high, synthetic_batches
 
 
 def load_data(spec: str, batch_size: int) -> Batches:
     """Read a data file (or call a factory) as the command line does."""
-    return data_source(spec, batch_size=batch_size)()
+    return batch_factory(spec, batch_size=batch_size)()
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:

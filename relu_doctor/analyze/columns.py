@@ -17,6 +17,7 @@ import numpy as np
 
 from relu_doctor.activations import Activation
 from relu_doctor.analyze.metrics import UnitMetrics, finite_median
+from relu_doctor.registry import Registry
 from relu_doctor.scanner.accumulate import UnitTotals
 
 
@@ -58,15 +59,12 @@ class Column:
     doc: str = ""
 
 
-SITE_COLUMNS: dict[str, Column] = {}
+SITE_COLUMNS: Registry[Column] = Registry("site column")
 
 
 def site_column(column: Column) -> Column:
-    """Register a site column (in output order); a duplicate name is a programming error."""
-    if column.name in SITE_COLUMNS:
-        raise ValueError(f"column {column.name} is already registered")
-    SITE_COLUMNS[column.name] = column
-    return column
+    """Register a site column (in output order)."""
+    return SITE_COLUMNS.add(column.name, column)
 
 
 def _t(f: SiteFacts) -> UnitTotals:
@@ -231,31 +229,29 @@ class UnitColumn:
     doc: str = ""
 
 
-UNIT_COLUMNS: dict[str, UnitColumn] = {}
+UNIT_COLUMNS: Registry[UnitColumn] = Registry("unit column")
 
 
 def unit_column(column: UnitColumn) -> UnitColumn:
-    if column.name in UNIT_COLUMNS:
-        raise ValueError(f"unit column {column.name} is already registered")
-    UNIT_COLUMNS[column.name] = column
-    return column
+    """Register a per-unit column (in output order)."""
+    return UNIT_COLUMNS.add(column.name, column)
 
 
 for _unit in (
-    UnitColumn("model", lambda u: u.model),
-    UnitColumn("site", lambda u: u.site),
-    UnitColumn("unit", lambda u: np.arange(u.totals.units)),
-    UnitColumn("samples", lambda u: u.totals.samples),
+    UnitColumn("model", lambda u: u.model, doc="model name"),
+    UnitColumn("site", lambda u: u.site, doc="the call site"),
+    UnitColumn("unit", lambda u: np.arange(u.totals.units), doc="index along the unit dim"),
+    UnitColumn("samples", lambda u: u.totals.samples, doc="samples seen"),
     UnitColumn("fires", lambda u: u.totals.fires, doc="samples on which the unit fired"),
-    UnitColumn("firing_rate", lambda u: u.metrics.firing_rate),
-    UnitColumn("dead", lambda u: u.metrics.dead),
-    UnitColumn("near_dead", lambda u: u.metrics.near_dead),
-    UnitColumn("dormant", lambda u: u.metrics.dormant),
+    UnitColumn("firing_rate", lambda u: u.metrics.firing_rate, doc="fires / samples"),
+    UnitColumn("dead", lambda u: u.metrics.dead, doc="never fired"),
+    UnitColumn("near_dead", lambda u: u.metrics.near_dead, doc="0 < firing rate < near_dead"),
+    UnitColumn("dormant", lambda u: u.metrics.dormant, doc="ReDo score <= tau"),
     UnitColumn("score", lambda u: u.metrics.score, doc="ReDo score"),
     UnitColumn("margin", lambda u: u.totals.max_pre, doc="largest pre-activation"),
-    UnitColumn("max_activation", lambda u: u.metrics.max_activation),
-    UnitColumn("mean_activation", lambda u: u.metrics.mean_abs),
-    UnitColumn("sparsity", lambda u: u.metrics.sparsity),
-    UnitColumn("finite", lambda u: u.metrics.finite),
+    UnitColumn("max_activation", lambda u: u.metrics.max_activation, doc="largest output"),
+    UnitColumn("mean_activation", lambda u: u.metrics.mean_abs, doc="mean |output|"),
+    UnitColumn("sparsity", lambda u: u.metrics.sparsity, doc="share of its elements <= eps"),
+    UnitColumn("finite", lambda u: u.metrics.finite, doc="saw no NaN or Inf"),
 ):
     unit_column(_unit)

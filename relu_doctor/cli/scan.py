@@ -10,7 +10,7 @@ from relu_doctor.analyze.report import ModelReport
 from relu_doctor.api import scan
 from relu_doctor.cli import console
 from relu_doctor.device import resolve_device
-from relu_doctor.load.data import data_source
+from relu_doctor.load.data import batch_factory
 from relu_doctor.load.model import load_model, trust_from_env
 from relu_doctor.output import table
 from relu_doctor.output.document import Document
@@ -56,11 +56,11 @@ def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
     trust = bool(opts.get("trust")) or trust_from_env()
     device = resolve_device(opts.get("device") or "auto")
     names = display_names(models)
-    source = data_source(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
+    fresh = batch_factory(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
     reports = []
     for spec in models:
         loaded = load_model(spec, arch=opts.get("arch"), trust=trust, device=device)
-        data = source() if source is not None else None
+        data = fresh() if fresh is not None else None
         with console.progress_bar(f"scanning {loaded.name}") as progress:
             reports.append(
                 scan(

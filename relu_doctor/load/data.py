@@ -140,7 +140,7 @@ _READERS = {".pt": _read_torch, ".pth": _read_torch, ".npy": _read_numpy, ".npz"
 _READERS |= {".csv": _read_csv, ".parquet": _read_parquet, ".pq": _read_parquet}
 
 
-def data_source(spec: str, *, batch_size: int) -> Callable[[], Batches]:
+def batch_factory(spec: str, *, batch_size: int) -> Callable[[], Batches]:
     """A fresh stream of the same batches on every call (one per scanned model): a file is
     read once, a MODULE:CALLABLE factory is called again each time."""
     check_batch_args(batch_size, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relu_doctor.errors import UsageError, param
+from relu_doctor.registry import Registry
 
 if TYPE_CHECKING:
     from relu_doctor.output.document import Document
@@ -33,16 +34,15 @@ class Format:
     commands: tuple[str, ...] = ("scan", "check")
 
 
-FORMATS: dict[str, Format] = {}
+FORMATS: Registry[Format] = Registry("output format")
+_EXTENSIONS: Registry[Format] = Registry("file extension")
 
 
 def register(fmt: Format) -> Format:
-    """Add a format; a second one with the same name or extension is a programming error."""
-    taken = {ext for f in FORMATS.values() for ext in f.extensions}
-    if fmt.name in FORMATS or taken & set(fmt.extensions):
-        raise ValueError(f"format {fmt.name} ({', '.join(fmt.extensions)}) clashes")
-    FORMATS[fmt.name] = fmt
-    return fmt
+    """Add a format; a name or extension registered twice is a programming error."""
+    for ext in fmt.extensions:
+        _EXTENSIONS.add(ext, fmt)
+    return FORMATS.add(fmt.name, fmt)
 
 
 def stdout_formats(command: str = "scan") -> list[str]:
