@@ -1,0 +1,1 @@
+"""Output of reports for people: pictures, the HTML page and terminal glyphs."""
