@@ -76,7 +76,7 @@ def report_figure(report: Any) -> Figure:
     for i, site in enumerate(worst):
         _histogram(fig.add_subplot(grid[1 + i // cols, i % cols]), site, rates[site.site])
     fig.suptitle(_text(_title(report, width)), fontsize=12)
-    return fig
+    return _frozen(fig)
 
 
 def timeline_figure(reports: Sequence[Any]) -> Figure:
@@ -108,7 +108,7 @@ def timeline_figure(reports: Sequence[Any]) -> Figure:
     ax = fig.add_subplot(label=TIMELINE_AXES)
     _heatmap(fig, ax, values, labels, rows, vertical)
     fig.suptitle(f"dead fraction per site across {len(reports)} checkpoints", fontsize=12)
-    return fig
+    return _frozen(fig)
 
 
 def picture_format(path: str | os.PathLike[str]) -> str:
@@ -155,6 +155,14 @@ def _new_figure(width: float, height: float) -> Figure:
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _frozen(fig: Figure) -> Figure:
+    """Solve the constrained layout once and keep it: each later draw would nudge it again,
+    so saving the same figure twice would give different bytes."""
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
     return fig
 
 
