@@ -112,8 +112,10 @@ def html_page(
 ) -> str:
     """The page for ``reports`` (one ``ModelReport`` or several, e.g. checkpoints of a run).
 
-    ``findings``: model name -> ``check`` findings, shown with their model. ``command``: the
-    exact command line that made the page, shown with ``version`` so the page can be redone.
+    ``findings``: model name -> ``check`` findings, shown with their model (given at all: a
+    model without any says it passed). ``command``: the exact command line that made the page,
+    shown with ``version`` so the page can be made again. The pictures need matplotlib:
+    without it, a UsageError says how to install it.
     """
     require_matplotlib()
     reports = [reports] if hasattr(reports, "sites") else list(reports)
@@ -132,7 +134,7 @@ def html_page(
             )
         )
     for i, report in enumerate(reports, 1):
-        body.append(_model_section(report, i, None if findings is None else findings))
+        body.append(_model_section(report, i, findings))
     others = {k: v for k, v in (findings or {}).items() if k not in names and v}
     if others:
         body.append("<h2>Findings for other models</h2>")
