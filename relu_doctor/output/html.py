@@ -33,8 +33,8 @@ h3 { margin: 1.5rem 0 .5rem; font-size: 1.05rem; }
 code, .spark { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
 .meta { color: #57606a; margin: 0; } .summary { font-size: 1.05rem; }
 .scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: .9rem; margin: .25rem 0 1rem; }
-th, td { border-bottom: 1px solid var(--line); padding: .3rem .6rem; text-align: left;
+table { border-collapse: collapse; font-size: .875rem; margin: .25rem 0 1rem; }
+th, td { border-bottom: 1px solid var(--line); padding: .3rem .45rem; text-align: left;
          vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 thead th { background: #f6f8fa; position: sticky; top: 0; white-space: nowrap; }
