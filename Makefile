@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 SAMPLES := sample_models/textbook_fresh.pt sample_models/textbook_dying.pt \
            sample_models/cnn_dead.pt sample_models/textbook_data.pt
 
-.PHONY: demo test lint bench samples clean
+.PHONY: demo test lint bench samples docs clean
 
 $(VENV)/.runtime: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ $(SAMPLES) &: sample_models/make_samples.py $(VENV)/.runtime
 
 samples: $(SAMPLES)
 
+# The README's picture (docs/images/textbook_dying.png), from the sample network that died.
+docs: $(SAMPLES) $(VENV)/.dev
+	$(PY) docs/make_figures.py
+
 demo: $(SAMPLES)
 	$(VENV)/bin/relu-doctor scan sample_models/textbook_dying.pt
 
@@ -29,8 +33,8 @@ test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check relu_doctor tests benchmarks sample_models
-	$(VENV)/bin/ruff format --check relu_doctor tests benchmarks sample_models
+	$(VENV)/bin/ruff check relu_doctor tests benchmarks sample_models docs
+	$(VENV)/bin/ruff format --check relu_doctor tests benchmarks sample_models docs
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.runtime
