@@ -1,8 +1,12 @@
 """Unpickling model files: weights-only with an allowlist, or fully when trusted.
 
 Without trust, torch's weights-only unpickler runs with `safe_globals()` added to its
-defaults: the `torch.nn` module classes and activation functions. A global outside the
-list is refused with `UnsafePickleError`, which lists what the file wants.
+defaults: the `torch.nn` module classes and activation functions, and the harmless
+non-torch values training scripts put in checkpoints (`argparse.Namespace` of
+hyper-parameters, `pathlib` paths, numpy arrays and scalars of plain dtypes, the last
+rebuilt by checked stand-ins: see `safe_numpy.py`). Unpickling any of them runs no code
+named by the file; a global outside the list is refused with `UnsafePickleError`, which
+lists what the file wants.
 
 With trust the file is unpickled fully (its code runs); its classes are imported with the
 current folder on `sys.path`, as under `python -m relu_doctor` and for MODULE:CALLABLE.
@@ -62,17 +66,37 @@ def _torch_nn() -> set[Any]:
     return found
 
 
+def _harmless() -> list[SafeGlobal]:
+    """Values training scripts save next to the weights: `argparse.Namespace` (its BUILD
+    only fills `__dict__`; positional construction is a TypeError), `pathlib` paths (pure
+    string handling, no file access), and numpy booleans, numbers and strings, which go
+    through the checked stand-ins of `safe_numpy` (numpy's own globals are not safe to
+    allowlist). What they hold is itself unpickled under the same allowlist."""
+    import argparse
+    import pathlib
+
+    from relu_doctor.load import safe_numpy
+
+    paths = [
+        (cls, f"{module}.{cls.__name__}")
+        for cls in (pathlib.PosixPath, pathlib.PurePosixPath)
+        for module in ("pathlib", "pathlib._local")  # Python 3.13 moved them
+    ]
+    return [argparse.Namespace, *paths, *safe_numpy.allowlist()]
+
+
 @lru_cache(maxsize=1)
 def _safe_globals() -> tuple[SafeGlobal, ...]:
-    return tuple(sorted(_torch_nn(), key=_qualname))
+    return (*sorted(_torch_nn(), key=_qualname), *_harmless())
 
 
 def safe_globals() -> list[SafeGlobal]:
     """Globals a weights-only unpickle may use on top of torch's defaults.
 
     Every `nn.Module` subclass defined under `torch.nn.modules` (also helpers such as
-    `NonDynamicallyQuantizableLinear`) and the activation functions Transformer layers
-    store. Unpickling these calls no user code.
+    `NonDynamicallyQuantizableLinear`), the activation functions Transformer layers store,
+    and the harmless values of `_harmless()`. An entry is the object or an (object, the name
+    a file uses) pair. Unpickling these calls no user code.
     """
     return list(_safe_globals())
 
