@@ -123,9 +123,11 @@ def _load_file(
 ) -> LoadedModel:
     if fmt in _CODE:
         try:
-            if fmt == "script":
-                return LoadedModel(torch.jit.load(str(path), map_location=dev), "script", path.name)
-            return _load_export(path, dev)
+            with specs.cwd_importable():  # trusted: classes it names come from here too
+                if fmt == "script":
+                    module = torch.jit.load(str(path), map_location=dev)
+                    return LoadedModel(module, "script", path.name)
+                return _load_export(path, dev)
         except Exception as exc:
             raise unreadable(spec, exc) from exc
     if fmt == "safetensors":
