@@ -68,4 +68,5 @@ def scan(
         mode=mode,
         device=str(dev),
         runtime=target.runtime,
+        warnings=target.warnings,
     )

@@ -654,3 +654,46 @@ def test_a_model_with_only_comparison_sites_says_so(tmp_path: Path) -> None:
     r = ok(run("scan", "leaky.pt", *FAST))
     assert "No ReLU or ReLU6 site" in r.stdout and "LeakyReLU" in r.stdout
     assert "0 of 0" not in r.stdout
+
+
+# --- loading options ------------------------------------------------------------------------
+
+
+def test_a_damaged_checkpoint_is_refused_and_no_verify_loads_it(m: Any) -> None:
+    from tests.fixtures.loading import damage
+
+    path = Path("damaged.pt")
+    shutil.copy(m["mlp"].path, path)
+    record = damage(path, "data/1")
+    error_line(run("scan", path, *FAST), f"record {record} fails its CRC-32", "--no-verify")
+    ok(run("scan", path, *FAST, "--no-verify"))
+
+
+def test_a_legacy_file_says_it_cannot_be_verified(m: Any) -> None:
+    import torch
+
+    model = torch.load(m["mlp"].path, weights_only=False)
+    # A whole model in the legacy format cannot be unpickled safely: save its state dict.
+    torch.save(model.state_dict(), "legacy.pt", _use_new_zipfile_serialization=False)
+    arch = "tests.fixtures.planted:mlp_arch"
+    r = ok(run("scan", "legacy.pt", "--arch", arch, *FAST, "--format", "json"))
+    warnings = json.loads(r.stdout)["models"][0]["warnings"]
+    assert any("cannot be checked" in w for w in warnings), warnings
+
+
+def test_strict_and_no_strict_for_a_checkpoint_with_extra_model_keys(m: Any) -> None:
+    import torch
+
+    sd = dict(torch.load(m["state_dict"].path, weights_only=True))
+    sd["extra.weight"] = torch.zeros(2)
+    torch.save(sd, "sd.pt")
+    sys.path.insert(0, str(m.arch_dir))
+    try:
+        arch = "rd_planted_custom:Net"
+        error_line(run("scan", "sd.pt", "--arch", arch, *FAST), "extra.weight", "--no-strict")
+        r = ok(run("scan", "sd.pt", "--arch", arch, *FAST, "--no-strict", "--format", "json"))
+    finally:
+        sys.path.remove(str(m.arch_dir))
+    model = json.loads(r.stdout)["models"][0]
+    assert model["sites"][0]["dead"] == 2  # the planted units 2 and 9
+    assert any("extra.weight" in w for w in model["warnings"])

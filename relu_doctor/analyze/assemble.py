@@ -38,8 +38,8 @@ def _no_relu_error(model: str, raw: RawScan, declared: dict[str, Activation]) ->
     )
 
 
-def _warnings(raw: RawScan, sites: list[SiteReport]) -> list[str]:
-    out = list(raw.warnings)
+def _warnings(raw: RawScan, sites: list[SiteReport], loading: tuple[str, ...]) -> list[str]:
+    out = [*loading, *raw.warnings]
     idle = [s.site for s in sites if not s.executed]
     if idle:
         out.append(f"activation modules never executed during the scan: {', '.join(idle[:6])}")
@@ -62,6 +62,7 @@ def build_report(
     mode: str,
     device: str,
     runtime: str,
+    warnings: tuple[str, ...] = (),
 ) -> ModelReport:
     """Name the sites (``act#2`` only for modules that ran more than once per forward)."""
     repeats = Counter(r.key.group for r in raw.sites)
@@ -89,7 +90,7 @@ def build_report(
         batches=raw.batches,
         sites=tuple(sites),
         params=tuple(ParamGrad(n, shape, g) for n, shape, g in raw.params),
-        warnings=tuple(_warnings(raw, sites)),
+        warnings=tuple(_warnings(raw, sites, warnings)),
         thresholds=th,
         grad=grad,
         mode=mode,

@@ -77,6 +77,21 @@ def scan_options(command: str) -> Decorator:
             help="Allow a file to run code (only for files you trust). Also RELU_DOCTOR_TRUST=1.",
         ),
         _option(
+            "--verify/--no-verify",
+            default=True,
+            show_default=True,
+            group="Loading",
+            help="Check every record of a zip-format file against its CRC-32 before loading.",
+        ),
+        _option(
+            "--strict/--no-strict",
+            default=True,
+            show_default=True,
+            group="Loading",
+            help="A state dict must fill --arch exactly (training leftovers aside); "
+            "--no-strict loads the keys that fit.",
+        ),
+        _option(
             "--input-shape",
             type=InputShape(),
             group="Inputs",

@@ -59,7 +59,14 @@ def scan_models(models: list[str], opts: dict[str, Any]) -> list[ModelReport]:
     fresh = batch_factory(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
     reports = []
     for spec in models:
-        loaded = load_model(spec, arch=opts.get("arch"), trust=trust, device=device)
+        loaded = load_model(
+            spec,
+            arch=opts.get("arch"),
+            trust=trust,
+            device=device,
+            verify=opts["verify"],
+            strict=opts["strict"],
+        )
         data = fresh() if fresh is not None else None
         with console.progress_bar(f"scanning {loaded.name}") as progress:
             reports.append(

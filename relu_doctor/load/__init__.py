@@ -1,4 +1,5 @@
-"""Loading: model files and factories (``model``), state dicts (``state_dict``), ``MODULE:NAME``
+"""Loading: model files and factories (``model``), damage checks (``verify``), unpickling and
+its allowlist (``pickles``, ``safe_numpy``), state dicts (``state_dict``), ``MODULE:NAME``
 specs (``specs``) and data files (``data``). Nothing here runs code from a file without trust.
 """
 

@@ -3,7 +3,7 @@
 Formats are detected from content, not the extension:
 
 - torch.save zip (`data.pkl` inside) or legacy file (first pickle is torch's magic number):
-  `weights_only=True` with the `torch.nn` classes allowlisted; other globals raise
+  weights-only unpickling with an allowlist (`load/pickles.py`); other globals raise
   `UnsafePickleError`. A plain `pickle.dump` file is refused (it is never safe).
 - TorchScript zip (`constants.pkl`, `code/`) and torch.export `.pt2` zip (`archive_format`,
   `models/*.json`) carry code: a scripted `__setstate__` runs on load and can create files
@@ -11,41 +11,43 @@ Formats are detected from content, not the extension:
   Both need `trust`.
 - `.safetensors` (8-byte little-endian header length, then `{`): tensors only; needs `arch`.
 
+Every zip is checked against its CRC-32s before it is read (`load/verify.py`), since torch
+does not check them; formats without checksums load with a warning saying so.
+
 `trust=True` means "run this file's code": full unpickling, TorchScript and torch.export.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import pickletools
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from relu_doctor.errors import LoadError, UnsafePickleError, UsageError, param
+from relu_doctor.device import resolve_device
+from relu_doctor.errors import LoadError, UsageError, param
 from relu_doctor.load import specs
+from relu_doctor.load.pickles import TRUST_HINT as _TRUST
+from relu_doctor.load.pickles import Format as _Format
+from relu_doctor.load.pickles import unpickle, unreadable
 from relu_doctor.load.state_dict import ARCH_HINT as _ARCH
 from relu_doctor.load.state_dict import WEIGHT_KEYS, describe, find_weights, fit
+from relu_doctor.load.verify import unverifiable, verify_zip
 
-__all__ = ["WEIGHT_KEYS", "LoadedModel", "load_model", "safe_globals", "trust_from_env"]
+__all__ = ["WEIGHT_KEYS", "LoadedModel", "load_model", "trust_from_env"]
 
 TRUST_ENV = "RELU_DOCTOR_TRUST"
-_TRUST = f"pass {param('trust')} (or set RELU_DOCTOR_TRUST=1) only if you trust this file"
 _FORMATS = "expected a torch.save file, TorchScript, .pt2 or .safetensors"
 _CODE = {
     "script": "a TorchScript archive: its code runs on load and on forward (it can write files)",
     "export": "a torch.export program: torch.export.load unpickles parts of it unrestricted",
 }
-_Format = Literal["script", "export", "safetensors", "torch-zip", "torch-legacy", "pickle"]
 
 
 @dataclass
@@ -56,44 +58,14 @@ class LoadedModel:
     runtime: Literal["eager", "script", "export"]
     name: str
     exported: torch.export.ExportedProgram | None = None
+    #: What the caller should pass on to the user: a file that cannot be checked for damage,
+    #: checkpoint keys ignored or left at their initial values. Plain sentences.
+    warnings: list[str] = field(default_factory=list)
 
 
 def trust_from_env() -> bool:
     """True when RELU_DOCTOR_TRUST is 1/true/yes (any case)."""
     return os.environ.get(TRUST_ENV, "").strip().lower() in {"1", "true", "yes"}
-
-
-@lru_cache(maxsize=1)
-def _safe_globals() -> tuple[Callable[..., Any], ...]:
-    import importlib
-    import pkgutil
-
-    import torch.nn.functional as F
-    import torch.nn.modules as mods
-
-    found: set[Callable[..., Any]] = set()
-    names = [f"{mods.__name__}.{m.name}" for m in pkgutil.iter_modules(mods.__path__)]
-    for module in [mods, *map(importlib.import_module, names)]:
-        for obj in vars(module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, nn.Module)
-                and _qualname(obj).startswith("torch.nn.")
-            ):
-                found.add(obj)
-    # Activations stored as attributes (TransformerEncoderLayer.activation): pure tensor ops.
-    found.update([F.relu, F.gelu, F.relu6, F.leaky_relu, F.elu, F.silu, F.tanh, F.sigmoid])
-    return tuple(sorted(found, key=_qualname))
-
-
-def safe_globals() -> list[Callable[..., Any]]:
-    """Globals a weights-only unpickle may use on top of torch's defaults.
-
-    Every `nn.Module` subclass defined under `torch.nn.modules` (also helpers such as
-    `NonDynamicallyQuantizableLinear`) and the activation functions Transformer layers
-    store. Unpickling these calls no user code.
-    """
-    return list(_safe_globals())
 
 
 def load_model(
@@ -102,14 +74,21 @@ def load_model(
     arch: str | None = None,
     trust: bool = False,
     device: str | torch.device = "cpu",
+    verify: bool = True,
+    strict: bool = True,
 ) -> LoadedModel:
-    """Load MODEL (a file path or a `MODULE:CALLABLE` factory) onto `device`.
+    """Load MODEL (a file path or a `MODULE:CALLABLE` factory, which may carry literal
+    arguments: `models.py:Net(num_classes=10)`) onto `device`.
 
     Raises LoadError (UnsafePickleError for a refused pickle) or UsageError, each with a
     one-line message saying what is wrong and what to do. Runs no code from the file unless
     `trust` (callers OR in `trust_from_env()`). `device="auto"` picks cuda when available.
+    `verify` checks a zip-format file's CRC-32s first and refuses a damaged one (files with
+    no checksums load with a warning). `strict` refuses a state dict that does not fill
+    `arch` exactly, apart from training-wrapper leftovers (see `load/state_dict.py`);
+    `strict=False` loads the keys that fit. Warnings come back in `LoadedModel.warnings`.
     """
-    dev = _device(device)
+    dev = resolve_device(device)
     path = Path(spec)
     if specs.looks_like_spec(spec) and not path.exists():
         if arch is not None:
@@ -121,30 +100,39 @@ def load_model(
             raise LoadError(f"{spec} returned {describe(model)}, not a torch.nn.Module")
         return LoadedModel(model.to(dev), "eager", spec)
     fmt = _sniff(path, spec)
+    if fmt in _CODE and not trust:
+        raise LoadError(f"{spec} is {_CODE[fmt]}, so {_TRUST}; or save a state dict and {_ARCH}")
     if fmt in _CODE:
-        if not trust:
-            raise LoadError(
-                f"{spec} is {_CODE[fmt]}, so {_TRUST}; or save a state dict and {_ARCH}"
-            )
         _no_arch(arch, spec, _CODE[fmt].partition(":")[0])
+    unchecked = unverifiable(fmt, path.name) if verify else None
+    if verify and unchecked is None:
+        verify_zip(path, spec)  # before anything reads the file's contents
+    loaded = _load_file(path, spec, fmt, arch, trust, dev, strict)
+    loaded.warnings[:0] = [unchecked] if unchecked else []
+    return loaded
+
+
+def _load_file(
+    path: Path,
+    spec: str,
+    fmt: _Format,
+    arch: str | None,
+    trust: bool,
+    dev: torch.device,
+    strict: bool,
+) -> LoadedModel:
+    if fmt in _CODE:
         try:
-            if fmt == "script":
-                return LoadedModel(torch.jit.load(str(path), map_location=dev), "script", path.name)
-            return _load_export(path, dev)
+            with specs.cwd_importable():  # trusted: classes it names come from here too
+                if fmt == "script":
+                    module = torch.jit.load(str(path), map_location=dev)
+                    return LoadedModel(module, "script", path.name)
+                return _load_export(path, dev)
         except Exception as exc:
-            raise _unreadable(spec, exc) from exc
+            raise unreadable(spec, exc) from exc
     if fmt == "safetensors":
-        return _from_object(_load_safetensors(path, spec, dev), spec, arch, dev)
-    return _from_object(_unpickle(path, spec, fmt, trust, dev), spec, arch, dev)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from exc
+        return _from_object(_load_safetensors(path, spec, dev), spec, arch, dev, strict)
+    return _from_object(unpickle(path, spec, fmt, trust, dev), spec, arch, dev, strict)
 
 
 def _load_export(path: Path, dev: torch.device) -> LoadedModel:
@@ -165,47 +153,7 @@ def _load_safetensors(path: Path, spec: str, dev: torch.device) -> dict[str, tor
     try:
         return dict(load_file(str(path), device=str(dev)))
     except Exception as exc:
-        raise _unreadable(spec, exc) from exc
-
-
-@contextmanager
-def _allowlisted() -> Iterator[None]:
-    """Allow our safe globals for the duration; ones the caller added stay allowed."""
-    present = set(torch.serialization.get_safe_globals())
-    with torch.serialization.safe_globals([g for g in _safe_globals() if g not in present]):
-        yield
-
-
-def _unpickle(path: Path, spec: str, fmt: _Format, trust: bool, dev: torch.device) -> Any:
-    if fmt == "pickle" and not trust:
-        unsafe = _unsafe_globals(path, fmt)
-        if unsafe:
-            raise UnsafePickleError(spec, unsafe)
-        raise LoadError(
-            f"{spec} is a plain Python pickle, not a torch.save file; re-save it with "
-            f"torch.save(model.state_dict(), ...) and {_ARCH}, or {_TRUST}"
-        )
-    # An open file, not the path: torch.load special-cases names ending in .safetensors.
-    with _allowlisted(), path.open("rb") as f:
-        try:
-            if fmt == "pickle":
-                return pickle.load(f)  # trusted
-            return torch.load(f, map_location=dev, weights_only=not trust)
-        except pickle.UnpicklingError as exc:
-            if trust:
-                raise _unreadable(spec, exc) from exc
-            unsafe = _unsafe_globals(path, fmt)
-            if unsafe:
-                raise UnsafePickleError(spec, unsafe) from None
-            if fmt == "torch-legacy" and "persistent_load" in str(exc):
-                raise LoadError(
-                    f"{spec} is a whole model in torch's legacy (pre-1.6) format, which cannot "
-                    f"be unpickled safely; re-save it with a current torch.save, or save a "
-                    f"state dict and {_ARCH}, or {_TRUST}"
-                ) from None
-            raise LoadError(f"refusing to unpickle {spec}: {_reason(exc)}; {_TRUST}") from None
-        except Exception as exc:
-            raise _unreadable(spec, exc) from exc
+        raise unreadable(spec, exc) from exc
 
 
 def _sniff(path: Path, spec: str) -> _Format:
@@ -238,8 +186,9 @@ def _sniff_zip(path: Path, spec: str) -> _Format:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise LoadError(f"{spec} is a truncated or corrupt zip ({exc}); save it again") from exc
+    except Exception as exc:  # BadZipFile, OSError, a name that is not UTF-8 any more...
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise LoadError(f"{spec} is a truncated or corrupt zip ({detail}); save it again") from exc
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         return "script"
     pt2 = ("archive_format", "serialized_exported_program.json")
@@ -264,62 +213,9 @@ def _sniff_pickle(path: Path, spec: str, strict: bool) -> _Format | None:
     return "torch-legacy" if values == [torch.serialization.MAGIC_NUMBER] else "pickle"
 
 
-_OLD_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
-
-
-def _pickle_globals(stream: IO[bytes]) -> set[str]:
-    """Globals (`module.name`) the next pickle in `stream` imports, by reading opcodes."""
-    found: set[str] = set()
-    memo: dict[int, Any] = {}
-    recent: list[Any] = []  # the last two values pushed (strings matter for STACK_GLOBAL)
-    for op, arg, _pos in pickletools.genops(stream):
-        if op.name in ("GLOBAL", "INST"):
-            module, _, attr = str(arg).partition(" ")
-            found.add(f"{_OLD_MODULES.get(module, module)}.{attr}")
-        elif op.name == "STACK_GLOBAL":
-            ok = len(recent) == 2 and all(isinstance(x, str) for x in recent)
-            found.add(".".join(recent) if ok else "<computed global>")
-        elif op.name.startswith("EXT"):
-            found.add(f"<copyreg extension {arg}>")
-        elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-            memo[len(memo) if arg is None else int(arg)] = recent[-1] if recent else None
-            continue
-        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-            recent.append(memo.get(int(arg)) if isinstance(arg, int) else None)
-            continue
-        elif op.name in ("PROTO", "FRAME", "STOP"):
-            continue
-        recent = [*recent, arg if isinstance(arg, str) else None][-2:]
-    return found
-
-
-def _unsafe_globals(path: Path, fmt: _Format) -> list[str]:
-    """Globals outside the allowlist that the file's pickle names, sorted ([] if unknown)."""
-    with _allowlisted():
-        if fmt == "torch-zip":
-            try:
-                return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-            except Exception:
-                pass  # e.g. a pickle protocol it cannot parse: scan it below
-        try:
-            if fmt == "torch-zip":
-                with zipfile.ZipFile(path) as zf:
-                    data = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-                    found = _pickle_globals(io.BytesIO(zf.read(data)))
-            else:
-                with path.open("rb") as f:
-                    for _ in range(3 if fmt == "torch-legacy" else 0):  # magic, version, info
-                        _pickle_globals(f)
-                    found = _pickle_globals(f)
-            from torch import _weights_only_unpickler as wou  # private: guarded by the try
-
-            allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
-        except Exception:
-            return []
-    return sorted(found - allowed)
-
-
-def _from_object(obj: Any, spec: str, arch: str | None, dev: torch.device) -> LoadedModel:
+def _from_object(
+    obj: Any, spec: str, arch: str | None, dev: torch.device, strict: bool
+) -> LoadedModel:
     name = Path(spec).name
     found = find_weights(obj) if isinstance(obj, Mapping) else obj
     if isinstance(found, nn.Module):
@@ -328,7 +224,8 @@ def _from_object(obj: Any, spec: str, arch: str | None, dev: torch.device) -> Lo
     if isinstance(found, Mapping):
         if arch is None:
             raise LoadError(f"{spec} is a state dict ({len(found)} tensors), not a model; {_ARCH}")
-        return LoadedModel(fit(found, arch, spec).to(dev), "eager", name)
+        model, warnings = fit(found, arch, spec, strict=strict)
+        return LoadedModel(model.to(dev), "eager", name, warnings=warnings)
     if isinstance(obj, Mapping):
         keys = ", ".join(map(repr, list(obj)[:8])) + (", …" if len(obj) > 8 else "")
         raise LoadError(
@@ -338,29 +235,8 @@ def _from_object(obj: Any, spec: str, arch: str | None, dev: torch.device) -> Lo
     raise LoadError(f"{spec} holds {describe(obj)}, not a model or state dict; {_ARCH}")
 
 
-def _qualname(obj: Any) -> str:
-    return f"{obj.__module__}.{obj.__qualname__}"
-
-
 def _no_arch(arch: str | None, spec: str, what: str) -> None:
     if arch is not None:
         raise UsageError(
             f"{spec} is {what}; drop {param('arch')} (it is only for state dicts)", param="arch"
         )
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful line of torch's long weights-only refusal."""
-    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-def _unreadable(spec: str, exc: BaseException) -> LoadError:
-    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-    if isinstance(exc, ImportError | AttributeError):  # trusted pickle naming missing code
-        return LoadError(
-            f"cannot load {spec}: it needs code that is not importable here ({detail}); "
-            f"run where that code is importable, or save a state dict and {_ARCH}"
-        )
-    return LoadError(f"cannot read {spec}: it is truncated or corrupt ({detail}); save it again")

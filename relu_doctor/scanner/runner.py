@@ -32,13 +32,20 @@ class Target:
     runtime: str
     exported: Any = None
     name: str = ""
+    warnings: tuple[str, ...] = ()  # from loading (a file without checksums, ...)
 
 
 def as_target(model: Any) -> Target:
     """Accept an ``nn.Module``, a TorchScript module, an ``ExportedProgram``, a ``torch.compile``
     wrapper or a loaded model (``load.LoadedModel``)."""
     if hasattr(model, "module") and hasattr(model, "runtime"):  # a load.LoadedModel
-        return Target(model.module, model.runtime, getattr(model, "exported", None), model.name)
+        return Target(
+            model.module,
+            model.runtime,
+            getattr(model, "exported", None),
+            model.name,
+            tuple(getattr(model, "warnings", ())),
+        )
     if isinstance(model, torch.export.ExportedProgram):
         module = model.module()
         return Target(
