@@ -219,11 +219,25 @@ def test_output_format_from_extension_and_table_still_prints(m: Any, ext: str) -
     assert list(Path().iterdir()) == [out]  # no temporary file left next to it
 
 
-def test_format_flag_beats_the_extension(m: Any) -> None:
-    r = ok(run("scan", m["mlp"].path, *FAST, "--format", "json", "-o", "x.csv"))
-    doc = json.loads(Path("x.csv").read_text())
-    assert doc["models"][0]["sites"][0]["dead"] == 3
-    assert "act1" in r.stdout  # the table still prints
+def test_a_format_that_contradicts_the_extension_is_refused(m: Any) -> None:
+    r = run("scan", m["mlp"].path, *FAST, "--format", "json", "-o", "x.csv")
+    error_line(r, "--format json contradicts --output x.csv", "csv")
+    assert not Path("x.csv").exists()
+
+
+def test_format_names_a_file_whose_extension_says_nothing(m: Any) -> None:
+    ok(run("scan", m["mlp"].path, *FAST, "--format", "json", "-o", "report.out"))
+    assert json.loads(Path("report.out").read_text())["models"][0]["sites"][0]["dead"] == 3
+
+
+def test_several_outputs_and_a_dash_for_stdout(m: Any) -> None:
+    r = ok(run("scan", m["mlp"].path, *FAST, "-o", "r.json", "-o", "r.csv", "-o", "-"))
+    assert table_row(r.stdout, "act1")[2:4] == ["16", "3"]  # '-' is stdout, as a table
+    assert json.loads(Path("r.json").read_text())["models"][0]["sites"][0]["dead"] == 3
+    assert Path("r.csv").read_text().startswith(CSV_HEADER)
+    assert not Path("-").exists()
+    r = ok(run("scan", m["mlp"].path, *FAST, "--format", "csv", "-o", "-", "-o", "r2.csv"))
+    assert r.stdout.startswith(CSV_HEADER)
 
 
 def test_output_with_unknown_extension_is_a_usage_error(m: Any) -> None:
@@ -284,11 +298,33 @@ def test_output_that_is_a_directory(m: Any) -> None:
     error_line(run("scan", m["mlp"].path, *FAST, "-o", "out"), "out", "directory")
 
 
-def test_failed_scan_writes_no_report(m: Any) -> None:
+def test_a_failed_model_of_several_loses_nothing_else(m: Any) -> None:
     r = run("scan", m["mlp"].path, m["tanh"].path, *FAST, "-o", "r.csv", "--per-unit", "u.csv")
-    error_line(r, "Tanh")
-    assert r.stdout == ""  # no table for the model that did scan: all or nothing
-    assert list(Path().iterdir()) == []
+    assert r.exit_code == 2
+    assert table_row(r.stdout, "act1")[2:4] == ["16", "3"]  # the model that scanned
+    assert "tanh.pt\nerror: no ReLU found in tanh.pt" in r.stdout  # the other, in its place
+    *each, last = r.stderr.strip().splitlines()
+    assert each[-1].startswith("error: tanh.pt: no ReLU found")
+    assert last == "Error: 1 of 2 models could not be scanned (tanh.pt); the others are reported"
+    assert [row["model"] for row in csv_rows(Path("r.csv").read_text())] == ["mlp.pt"]
+    assert Path("u.csv").exists()
+
+
+def test_a_failed_model_is_an_error_entry_in_json(m: Any) -> None:
+    Path("broken.pt").write_bytes(Path(m["mlp"].path).read_bytes()[:200])
+    r = run("scan", m["mlp"].path, "broken.pt", m["deep"].path, *FAST, "--format", "json")
+    assert r.exit_code == 2
+    models = json.loads(r.stdout)["models"]
+    assert [x["model"] for x in models] == ["mlp.pt", "broken.pt", "deep.pt"]
+    assert "truncated or corrupt" in models[1]["error"] and "sites" not in models[1]
+    assert models[2]["sites"][1]["dead"] == 2
+
+
+def test_a_missing_path_fails_before_anything_is_scanned(m: Any) -> None:
+    r = run("scan", m["mlp"].path, "nope.pt", *FAST, "-o", "r.csv")
+    error_line(r, "nope.pt: no such file")
+    assert r.stdout == ""
+    assert not Path("r.csv").exists()
 
 
 def test_csv_of_several_models_has_a_row_per_site_of_each(m: Any) -> None:

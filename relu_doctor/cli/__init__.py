@@ -45,6 +45,7 @@ class DoctorGroup(click.Group):
 
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        ARGV[:] = argv
         options.DEBUG["on"] = False
         kwargs["standalone_mode"] = False
         try:
@@ -63,7 +64,7 @@ class DoctorGroup(click.Group):
             click.echo("Aborted.", err=True)
             sys.exit(130)
         except ReluDoctorError as exc:
-            _fail(self._library_error(exc))
+            _fail(render_error(exc) + _from_config(RUNNING.get("ctx"), exc.param))
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -72,17 +73,19 @@ class DoctorGroup(click.Group):
             _fail(f"internal error: {type(exc).__name__}: {exc}{hint}")
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
-    def _library_error(self, exc: ReluDoctorError) -> str:
-        """The library's message with parameters spelled as this command's flags."""
-        ctx = RUNNING.get("ctx")
-        params = list(ctx.command.params) if ctx is not None else []
-        params += [p for c in self.commands.values() for p in c.params]
-        message = exc.render(lambda name, value: options.spell(params, name, value))
-        return message + _from_config(ctx, exc.param)
-
 
 #: The context of the command being run (for error messages after it is torn down).
 RUNNING: dict[str, click.Context] = {}
+#: The arguments of this run, as typed.
+ARGV: list[str] = []
+
+
+def render_error(exc: ReluDoctorError) -> str:
+    """A library error in the words of the running command: parameters as its flags."""
+    ctx = RUNNING.get("ctx")
+    params = list(ctx.command.params) if ctx is not None else []
+    params += [p for c in main.commands.values() for p in c.params]
+    return exc.render(lambda name, value: options.spell(params, name, value))
 
 
 @click.group(cls=DoctorGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,9 +113,12 @@ def main(ctx: click.Context) -> None:
     ctx.default_map = {name: defaults_for(config, name, cmd) for name, cmd in commands.items()}
 
 
-def start(ctx: click.Context) -> None:
-    """What every command does first: remember its context, report a broken config."""
+def start(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """What every command does first: remember its context, report a broken config, and
+    keep a configured ``format`` for stdout (``-o`` files follow their extension)."""
     RUNNING["ctx"] = ctx
+    if opts.get("output") and ctx.get_parameter_source("fmt") != ParameterSource.COMMANDLINE:
+        opts["fmt"] = None
     root = ctx.find_root()
     error = root.meta.get("config_error")
     if error is not None:
@@ -135,9 +141,7 @@ def scan(ctx: click.Context, models: tuple[str, ...], **opts: Any) -> int:
 
     Exit code 0 whatever the model's health; 2 on bad input.
     """
-    start(ctx)
+    start(ctx, opts)
     from relu_doctor.cli.scan import run_scan
 
-    if opts.get("output") and ctx.get_parameter_source("fmt") != ParameterSource.COMMANDLINE:
-        opts["fmt"] = None  # a configured format is for stdout; -o follows its extension
     return run_scan(list(models), opts)

@@ -84,7 +84,8 @@ def defaults_for(config: Config, name: str, command: click.Command) -> dict[str,
     section = config.sections.get(name, {})
     merged = {keys[_name(k)]: v for k, v in config.shared.items() if _name(k) in keys}
     merged.update({keys[_name(k)]: v for k, v in section.items() if _name(k) in keys})
-    return merged
+    multiple = {p.name for p in command.params if getattr(p, "multiple", False)}
+    return {k: [v] if k in multiple and isinstance(v, str) else v for k, v in merged.items()}
 
 
 def check_keys(config: Config, commands: Mapping[str, click.Command]) -> None:

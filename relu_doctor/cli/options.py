@@ -194,8 +194,10 @@ def scan_options(command: str) -> Decorator:
             "-o",
             "--output",
             metavar="FILE",
+            multiple=True,
             group="Output",
-            help="Write the report to FILE (.csv .json .md .txt); the table still prints.",
+            help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
+            "still prints. Repeat for several files.",
         ),
         _option(
             "--per-unit",

@@ -1,4 +1,5 @@
-"""What a command hands to the emitters: its reports and what it concluded about them."""
+"""What a command hands to the emitters: its reports (and the models it could not scan), in
+the order given, and what it concluded about them."""
 
 from __future__ import annotations
 
@@ -11,10 +12,27 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Document:
-    """Everything one command produced: the reports, in order, and the command line that
-    produced them; ``findings`` (model name -> findings) when the command judged them."""
+class Failure:
+    """A model that could not be loaded or scanned, and why (one line)."""
 
-    reports: tuple[ModelReport, ...]
+    model: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """Everything one command produced: per model a report or a failure, in order, and the
+    command line that produced them; ``findings`` (model name -> findings) when the command
+    judged them."""
+
+    items: tuple[ModelReport | Failure, ...]
     command: str = ""
     findings: Mapping[str, Sequence[Any]] | None = field(default=None)
+
+    @property
+    def reports(self) -> tuple[ModelReport, ...]:
+        return tuple(i for i in self.items if not isinstance(i, Failure))
+
+    @property
+    def failures(self) -> tuple[Failure, ...]:
+        return tuple(i for i in self.items if isinstance(i, Failure))

@@ -5,11 +5,20 @@ from __future__ import annotations
 import json
 
 from relu_doctor.analyze.report import reports_to_dict
-from relu_doctor.output.document import Document
+from relu_doctor.output.document import Document, Failure
 
 
 def sites(doc: Document) -> str:
-    return json.dumps(reports_to_dict(list(doc.reports)), indent=2, allow_nan=False) + "\n"
+    """The report document; a model that could not be scanned is ``{"model", "error"}`` in
+    its place."""
+    data = reports_to_dict(list(doc.reports))
+    if doc.failures:
+        done = iter(data["models"])
+        data["models"] = [
+            {"model": i.model, "error": i.message} if isinstance(i, Failure) else next(done)
+            for i in doc.items
+        ]
+    return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 
 def units(doc: Document) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from relu_doctor.analyze.columns import SITE_COLUMNS
-from relu_doctor.output.document import Document
+from relu_doctor.output.document import Document, Failure
 
 
 def cell(value: Any) -> str:
@@ -27,7 +27,10 @@ def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 def sites(doc: Document) -> str:
     cols = list(SITE_COLUMNS)
     out = []
-    for r in doc.reports:
+    for r in doc.items:
+        if isinstance(r, Failure):
+            out += [f"**{r.model}**: error: {r.message}", ""]
+            continue
         out.append(
             f"**{r.model}**: {r.dead_units} of {r.total_units} ReLU units dead "
             f"({r.dead_fraction:.1%}) in {r.samples} samples\n"

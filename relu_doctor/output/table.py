@@ -16,7 +16,7 @@ from rich.text import Text
 
 from relu_doctor.analyze.columns import SITE_COLUMNS, Column
 from relu_doctor.analyze.report import ModelReport, SiteReport
-from relu_doctor.output.document import Document
+from relu_doctor.output.document import Document, Failure
 
 #: Colour of each severity.
 STYLES = {
@@ -128,11 +128,19 @@ def report_view(report: ModelReport) -> Group:
 def views(doc: Document) -> list[Any]:
     """The renderables of a document, models separated by a blank line."""
     out: list[Any] = []
-    for i, report in enumerate(doc.reports):
+    for i, item in enumerate(doc.items):
         if i:
             out.append(Text())
-        out.append(report_view(report))
+        out.append(failure_view(item) if isinstance(item, Failure) else report_view(item))
     return out
+
+
+def failure_view(failure: Failure) -> Text:
+    """A model that could not be scanned, in its place among the reports."""
+    text = Text(failure.model + "\n", style="bold")
+    text.append("error: ", style="bold red")
+    text.append(failure.message)
+    return text
 
 
 def plain_text(doc: Document, width: int = PLAIN_WIDTH) -> str:

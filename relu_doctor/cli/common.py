@@ -1,0 +1,191 @@
+"""What every command that scans does: check the outputs and the model paths up front, load
+and scan each model (one failing model does not lose the others), print and write the
+outputs, and turn failures into the exit code."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from relu_doctor.analyze.report import ModelReport
+from relu_doctor.api import scan
+from relu_doctor.cli import ARGV, console, render_error
+from relu_doctor.device import resolve_device
+from relu_doctor.errors import ReluDoctorError, UsageError, param
+from relu_doctor.load import specs
+from relu_doctor.load.data import batch_factory
+from relu_doctor.load.model import load_model, trust_from_env
+from relu_doctor.output import table
+from relu_doctor.output.document import Document, Failure
+from relu_doctor.output.files import check_writable, write_atomic
+from relu_doctor.output.formats import FORMATS, Format, format_for_path
+from relu_doctor.scanner.batches import check_batch_args
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where output goes: stdout's format, the report files and the per-unit file."""
+
+    stdout: Format
+    files: tuple[tuple[str, Format], ...]
+    units: tuple[str, Format] | None
+
+
+def targets(opts: dict[str, Any]) -> Targets:
+    """Output formats and files, checked before anything is scanned. ``-o`` may be given
+    several times; ``-o -`` is stdout; ``--format`` and an extension that say different
+    things are refused rather than guessed."""
+    fmt = opts.get("fmt")
+    stdout: Format | None = None
+    files = []
+    for out in opts.get("output") or ():
+        if out == "-":
+            stdout = FORMATS[fmt or "table"]
+            continue
+        check_writable(out)
+        try:
+            by_ext: Format | None = format_for_path(out)
+        except UsageError:
+            if fmt is None:
+                raise
+            by_ext = None
+        if fmt is not None and by_ext is not None and by_ext.name != fmt:
+            raise UsageError(
+                f"{param('fmt')} {fmt} contradicts {param('output')} {out}, whose extension "
+                f"says {by_ext.name}; drop {param('fmt')} or name the file for {fmt}",
+                param="fmt",
+            )
+        files.append((out, FORMATS[fmt] if fmt else by_ext))
+    units = None
+    if opts.get("per_unit"):
+        check_writable(opts["per_unit"], "per_unit")
+        units = (opts["per_unit"], format_for_path(opts["per_unit"], "per_unit", units=True))
+    if stdout is None:
+        stdout = FORMATS["table"] if files else FORMATS[fmt or "table"]
+    return Targets(stdout, tuple((p, f) for p, f in files if f is not None), units)
+
+
+def display_names(models: Sequence[str]) -> dict[str, str]:
+    """File names, or the paths as given where two checkpoints share a file name."""
+    base = {m: Path(m).name for m in models}
+    clash = {n for n in base.values() if list(base.values()).count(n) > 1}
+    return {m: (m if base[m] in clash else base[m]) for m in models}
+
+
+def check_models(models: Sequence[str]) -> None:
+    """Every MODEL path exists (factories are checked when called): a typo fails before the
+    first scan, not after the others."""
+    missing = [m for m in models if not Path(m).exists() and not specs.looks_like_spec(m)]
+    if missing:
+        what = f"{missing[0]}: no such file" if len(missing) == 1 else "no such files: "
+        raise UsageError(
+            f"{what}{', '.join(missing) if len(missing) > 1 else ''}; check the path "
+            "(a factory is MODULE:CALLABLE)"
+        )
+
+
+def scan_models(models: Sequence[str], opts: dict[str, Any]) -> list[ModelReport | Failure]:
+    """Load and scan each model with the command's options, on the very same inputs; a model
+    that fails becomes a ``Failure`` in its place (one model alone raises, as before)."""
+    check_batch_args(opts["batch_size"], opts.get("batches"))
+    check_models(models)
+    trust = bool(opts.get("trust")) or trust_from_env()
+    device = resolve_device(opts.get("device") or "auto")
+    names = display_names(models)
+    fresh = batch_factory(opts["data"], batch_size=opts["batch_size"]) if opts.get("data") else None
+    items: list[ModelReport | Failure] = []
+    for spec in models:
+        try:
+            items.append(_scan_one(spec, opts, trust, device, names, fresh, len(models)))
+        except ReluDoctorError as exc:
+            if len(models) == 1:
+                raise
+            items.append(Failure(names[spec], render_error(exc)))
+    return items
+
+
+def _scan_one(
+    spec: str,
+    opts: dict[str, Any],
+    trust: bool,
+    device: Any,
+    names: dict[str, str],
+    fresh: Any,
+    count: int,
+) -> ModelReport:
+    loaded = load_model(
+        spec,
+        arch=opts.get("arch"),
+        trust=trust,
+        device=device,
+        verify=opts["verify"],
+        strict=opts["strict"],
+    )
+    with console.progress_bar(f"scanning {loaded.name}") as progress:
+        return scan(
+            loaded,
+            fresh() if fresh is not None else None,
+            batch_size=opts["batch_size"],
+            batches=opts.get("batches"),
+            grad=opts["grad"],
+            mode=opts["mode"],
+            device=device,
+            eps=opts["eps"],
+            input_shape=opts.get("input_shape"),
+            seed=opts["seed"],
+            unit_dim=opts.get("unit_dim"),
+            near_dead=opts["near_dead"],
+            tau=opts["tau"],
+            name=names[spec] if count > 1 else loaded.name,
+            progress=progress,
+        )
+
+
+def write_outputs(doc: Document, where: Targets) -> None:
+    """Print stdout's format (warnings to stderr when stdout is data) and write the files."""
+    err = console.err_console()
+    if where.stdout.name == "table":
+        out = console.out_console()
+        for part in table.views(doc):
+            out.print(part)
+    else:
+        console.out_console().out(str(where.stdout.emit(doc)), end="", highlight=False)
+        for r in doc.reports:
+            for w in r.warnings:
+                err.print(f"[yellow]warning:[/yellow] {w}", markup=True)
+    for path, fmt in where.files:
+        write_atomic(path, fmt.emit(doc))
+        err.print(f"wrote {path}")
+    if where.units is not None:
+        path, fmt = where.units
+        assert fmt.units is not None
+        write_atomic(path, fmt.units(doc))
+        err.print(f"wrote {path}")
+
+
+def exit_code(doc: Document) -> int:
+    """2 when a model could not be scanned (after everything else was written)."""
+    if not doc.failures:
+        return EXIT_OK
+    for f in doc.failures:
+        click.echo(f"error: {f.model}: {f.message}", err=True)
+    names = ", ".join(f.model for f in doc.failures)
+    total = len(doc.items)
+    click.echo(
+        f"Error: {len(doc.failures)} of {total} models could not be scanned ({names}); "
+        "the others are reported",
+        err=True,
+    )
+    return EXIT_ERROR
+
+
+def command_line() -> str:
+    """The command as typed, for reports that say what produced them."""
+    return shlex.join(["relu-doctor", *ARGV])
