@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
 import relu_doctor.check as check_pkg
 from relu_doctor.check import RULES, Rule
 from relu_doctor.check.gate import _EVALUATORS, Limits
-from relu_doctor.check.rules import RETIRED, Reference, RuleRegistry, parse_codes
+from relu_doctor.check.rules import RETIRED, Reference, RuleRegistry, parse_codes, rules_markdown
 from relu_doctor.errors import UsageError
 
 #: Code -> name, pinned. Add a line for a new rule; never change or delete one: a removed
@@ -163,3 +165,13 @@ def test_records_are_frozen() -> None:
 def test_the_package_is_callable_as_the_api_function() -> None:
     assert callable(check_pkg)
     assert check_pkg.check.__module__ == "relu_doctor.check.gate"
+
+
+def test_docs_page_is_generated_from_the_records() -> None:
+    page = Path(__file__).parent.parent / "docs" / "rules.md"
+    text = rules_markdown()
+    if os.environ.get("RELU_DOCTOR_UPDATE_GOLDEN"):
+        page.write_text(text, encoding="utf-8")
+    assert page.read_text(encoding="utf-8") == text, "regenerate: RELU_DOCTOR_UPDATE_GOLDEN=1"
+    assert "| RD101 | dead-site | error | site | max_layer_dead (default 0.50) |" in text
+    assert text.count("\n## RD") == len(RULES)

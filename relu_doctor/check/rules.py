@@ -8,9 +8,11 @@ report, ``RD3xx`` numerics, ``RD4xx`` weights and structure.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from relu_doctor.check.registry import Reference, Rule, RuleRegistry, parse_codes
 
-__all__ = ["RETIRED", "RULES", "Reference", "Rule", "RuleRegistry", "parse_codes"]
+__all__ = ["RETIRED", "RULES", "Reference", "Rule", "RuleRegistry", "parse_codes", "rules_markdown"]
 
 #: Codes of rules that were removed; never registered again.
 RETIRED: frozenset[str] = frozenset()
@@ -336,3 +338,43 @@ _(
     )
 )
 del _
+
+
+_DOCS_INTRO = """\
+# Rules of `relu-doctor check`
+
+Generated from `relu_doctor/check/rules.py`, the same records that `relu-doctor explain`,
+`relu-doctor rules`, the JSON findings and the SARIF rules come from (regenerate with
+`RELU_DOCTOR_UPDATE_GOLDEN=1 pytest tests/test_rules.py`).
+
+How the gate judges:
+
+- Every finding names a rule by its code. Codes are never reused: a removed rule's code is
+  retired for good, so a code in an old CI log or config always means the same thing.
+- Severity: an `error` finding makes the model unhealthy (the gate fails); `warning` and
+  `note` findings are reported and pass.
+- A measured number equal to its limit passes: `max_layer_dead = 0.50` tolerates a site
+  that is exactly half dead. Fractions are compared with a 1e-9 relative slack, so float
+  rounding never decides.
+- `select` / `ignore` take codes or prefixes (`RD1` = every `RD1xx`); `ignore` wins.
+  Selecting a rule that is off until its threshold is set, without setting it, is an error.
+- A baseline is the JSON report of an earlier scan or check, written by the same
+  major.minor version of relu-doctor (another minor version is refused: its numbers may be
+  defined differently) and scanned with the same `eps`. When it holds one model, that model
+  is the baseline whatever its name; otherwise models are matched by name. Sites are
+  matched by name; a missing or new site is a finding of its own, never an error.
+- The weight rules (`RD4xx` but `RD403`) read the layer that produces each site's
+  pre-activation; they need no data.
+"""
+
+
+def rules_markdown(rules: Iterable[Rule] = RULES) -> str:
+    """``docs/rules.md``: how the gate judges, a table of the rules, then each record."""
+    rules = list(rules)
+    lines = [_DOCS_INTRO, "| code | name | severity | per | threshold |", "|---|---|---|---|---|"]
+    for r in rules:
+        th = r.threshold_text() or "–"
+        lines.append(f"| {r.code} | {r.name} | {r.severity} | {r.scope} | {th} |")
+    for r in rules:
+        lines += ["", f"## {r.code} {r.name}", "", r.help_markdown()]
+    return "\n".join(lines) + "\n"
