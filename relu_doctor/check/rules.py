@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from relu_doctor.check.registry import Reference, Rule, RuleRegistry, parse_codes
+from relu_doctor.check.weights import BN_K
 
 __all__ = ["RETIRED", "RULES", "Reference", "Rule", "RuleRegistry", "parse_codes", "rules_markdown"]
 
@@ -297,8 +298,8 @@ _(
             "x is the input standardised by the running statistics (about mean 0, variance "
             "1 on training-like data). The channel is predicted dead when beta_c < -k "
             "|gamma_c|: it fires only on inputs more than k standard deviations above the "
-            "running mean. k is 10, above the margins of channels measured alive on trained "
-            "nets. The finding gives the predicted count next to the measured one."
+            f"running mean. k is {BN_K:g}, above the margins of channels measured alive on "
+            "trained nets. The finding gives the predicted count next to the measured one."
         ),
         why=(
             "BatchNorm with weight decay and a large learning rate kills channels by driving "
