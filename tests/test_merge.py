@@ -126,7 +126,7 @@ def test_merged_summary_equals_the_joint_row(reports: tuple[ModelReport, ...]) -
     for row in joint.sites:
         s = SiteReport.from_totals(
             sa[row.site].merge(sb[row.site]),
-            row.activation,
+            row.act,
             model=joint.model,
             site=row.site,
             kind=row.kind,

@@ -46,11 +46,12 @@ def severity(fraction: float | None) -> str:
 @dataclass(frozen=True)
 class SiteReport:
     """One row of the report: a call site and its numbers. Every registered column is an
-    attribute (``site.dead``, ``site.dead_fraction``); ``totals`` are the raw per-unit
-    totals (mergeable), ``topology`` the producing and consuming layers."""
+    attribute (``site.dead``, ``site.dead_fraction``, ``site.activation`` the class name);
+    ``act`` is the activation's registry entry, ``totals`` the raw per-unit totals
+    (mergeable), ``topology`` the producing and consuming layers."""
 
     values: Mapping[str, Any]
-    activation: Activation
+    act: Activation
     totals: UnitTotals | None = field(default=None, repr=False)
     topology: SiteTopology | None = None
     thresholds: Thresholds = field(default_factory=Thresholds, repr=False)
@@ -98,7 +99,7 @@ class SiteReport:
         """Per-unit columns of this site (None for a site that never ran)."""
         if self.totals is None:
             return None
-        m = unit_metrics(self.totals, self.activation, self.thresholds)
+        m = unit_metrics(self.totals, self.act, self.thresholds)
         facts = UnitFacts(self.model, self.site, self.totals, m, self.extras)
         return {name: col.compute(facts) for name, col in UNIT_COLUMNS.items()}
 

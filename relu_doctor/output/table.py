@@ -73,7 +73,7 @@ def summary(report: ModelReport) -> Text:
         text.append(f"({report.dead_fraction:.1%})", style=STYLES[report.severity] + " bold")
         text.append(f" across {sites} site{'s' if sites != 1 else ''}")
     else:
-        kinds = sorted({s.activation.name for s in report.sites if s.executed})
+        kinds = sorted({s.activation for s in report.sites if s.executed})
         text.append("No ReLU or ReLU6 site", style="bold")
         text.append(
             f": the {', '.join(kinds)} sites are listed for comparison ('dead' = never "
