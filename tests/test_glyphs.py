@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from relu_doctor.analyze.glyphs import histogram, site_sparklines, sparkline
 from relu_doctor.errors import UsageError
-from relu_doctor.output.glyphs import histogram, site_sparklines, sparkline
 from tests.fixtures import reports
 
 

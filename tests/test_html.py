@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from relu_doctor import __version__
+from relu_doctor.analyze.glyphs import site_sparklines
 from relu_doctor.errors import UsageError
-from relu_doctor.output.glyphs import site_sparklines
 from relu_doctor.output.html import html_page
 from tests.fixtures import reports
 
@@ -152,7 +152,7 @@ def _assert_site_rows(page: Page, report: Any) -> None:
         assert float(cells["dead_fraction"]["v"]) == pytest.approx(s.dead_fraction)
         assert cells["dead_fraction"]["text"] == f"{s.dead_fraction:.1%}"
         assert float(cells["sparsity"]["v"]) == pytest.approx(s.sparsity)
-        assert cells["firing_rates"]["text"] == sparks[s.site]
+        assert cells["firing"]["text"] == sparks[s.site]
         assert ("bad" in cells["dead"]["class"]) == (s.dead > 0)
 
 

@@ -260,7 +260,7 @@ def test_require_matplotlib_says_how_to_install(
 def test_importing_the_output_modules_does_not_import_matplotlib() -> None:
     code = (
         "import sys, relu_doctor.output.plots, relu_doctor.output.html, "
-        "relu_doctor.output.glyphs; assert 'matplotlib' not in sys.modules, 'imported'"
+        "relu_doctor.analyze.glyphs; assert 'matplotlib' not in sys.modules, 'imported'"
     )
     root = Path(__file__).parents[1]
     done = subprocess.run(

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from relu_doctor.activations import Activation
+from relu_doctor.analyze.glyphs import sparkline
 from relu_doctor.analyze.metrics import UnitMetrics, finite_median
 from relu_doctor.registry import Registry
 from relu_doctor.scanner.accumulate import UnitTotals
@@ -57,6 +58,8 @@ class Column:
     severity: bool = False
     priority: int = 50
     doc: str = ""
+    export: bool = True  # False: only the terminal table shows it (not CSV/JSON/Markdown)
+    justify: Literal["left", "right"] = "right"  # in the terminal table
 
 
 SITE_COLUMNS: Registry[Column] = Registry("site column")
@@ -110,8 +113,12 @@ def _fraction(f: SiteFacts) -> float:
 
 for _column in (
     Column("model", lambda f: f.model, doc="model name (file name)"),
-    Column("site", lambda f: f.site, header="site", priority=100, doc="the call site"),
-    Column("kind", lambda f: f.kind, header="kind", priority=10, doc="how it is called"),
+    Column(
+        "site", lambda f: f.site, header="site", priority=100, justify="left", doc="the call site"
+    ),
+    Column(
+        "kind", lambda f: f.kind, header="kind", priority=10, justify="left", doc="how it is called"
+    ),
     Column("calls", _executed(lambda f: _t(f).calls, 0), doc="calls over the scan"),
     Column(
         "units",
@@ -184,6 +191,16 @@ for _column in (
         priority=25,
         doc="mean L2 norm of the loss gradient w.r.t. the site input",
     ),
+    Column(
+        "firing",
+        _executed(lambda f: sparkline(_m(f).firing_rate)),
+        header="firing",
+        priority=15,
+        export=False,
+        justify="left",
+        doc="histogram of the units' firing rates over [0, 1], first bar: never fired "
+        "(terminal and HTML only)",
+    ),
     Column("activation", lambda f: f.activation.name, doc="activation class"),
     Column("executed", lambda f: f.executed, doc="ran during the scan"),
     Column(
@@ -199,6 +216,11 @@ for _column in (
     ),
 ):
     site_column(_column)
+
+
+def exported_columns() -> list[str]:
+    """Names of the columns CSV, JSON and Markdown carry, in order."""
+    return [name for name, col in SITE_COLUMNS.items() if col.export]
 
 
 def site_values(facts: SiteFacts) -> dict[str, Any]:

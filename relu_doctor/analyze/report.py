@@ -19,6 +19,7 @@ from relu_doctor.analyze.columns import (
     UNIT_COLUMNS,
     SiteFacts,
     UnitFacts,
+    exported_columns,
     site_values,
 )
 from relu_doctor.analyze.metrics import Thresholds, unit_metrics
@@ -87,8 +88,8 @@ class SiteReport:
         return SiteReport(site_values(facts), activation, totals, topology, th, extras)
 
     def row(self) -> dict[str, Any]:
-        """The columns of this site, in output order."""
-        return dict(self.values)
+        """The exported columns of this site (CSV, JSON, Markdown), in output order."""
+        return {k: v for k, v in self.values.items() if SITE_COLUMNS[k].export}
 
     @property
     def severity(self) -> str:
@@ -189,7 +190,7 @@ class ModelReport:
         """One row per site, in the column registry's order."""
         import pandas as pd
 
-        return pd.DataFrame([s.row() for s in self.sites], columns=list(SITE_COLUMNS))
+        return pd.DataFrame([s.row() for s in self.sites], columns=exported_columns())
 
     def units_frame(self) -> pd.DataFrame:
         """One row per unit of every executed site (the per-unit dump)."""
@@ -199,6 +200,18 @@ class ModelReport:
         if not frames:
             return pd.DataFrame(columns=list(UNIT_COLUMNS))
         return pd.concat(frames, ignore_index=True)[list(UNIT_COLUMNS)]
+
+    def plot(self) -> Any:
+        """A matplotlib ``Figure`` of this report (needs the ``plots`` extra)."""
+        from relu_doctor.output.plots import report_figure
+
+        return report_figure(self)
+
+    def to_html(self) -> str:
+        """This report as one self-contained HTML page (needs the ``plots`` extra)."""
+        from relu_doctor.output.html import html_page
+
+        return html_page([self])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of this model (one entry of the ``models`` list)."""

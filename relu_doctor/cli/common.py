@@ -44,7 +44,7 @@ def targets(opts: dict[str, Any]) -> Targets:
     things are refused rather than guessed."""
     fmt = opts.get("fmt")
     stdout: Format | None = None
-    files = []
+    files = [*_pictures(opts)]
     for out in opts.get("output") or ():
         if out == "-":
             stdout = FORMATS[fmt or "table"]
@@ -62,14 +62,36 @@ def targets(opts: dict[str, Any]) -> Targets:
                 f"says {by_ext.name}; drop {param('fmt')} or name the file for {fmt}",
                 param="fmt",
             )
-        files.append((out, FORMATS[fmt] if fmt else by_ext))
+        chosen = FORMATS[fmt] if fmt else by_ext
+        assert chosen is not None  # an unknown extension without --format raised above
+        files.append((out, chosen))
     units = None
     if opts.get("per_unit"):
         check_writable(opts["per_unit"], "per_unit")
         units = (opts["per_unit"], format_for_path(opts["per_unit"], "per_unit", units=True))
     if stdout is None:
-        stdout = FORMATS["table"] if files else FORMATS[fmt or "table"]
-    return Targets(stdout, tuple((p, f) for p, f in files if f is not None), units)
+        stdout = FORMATS["table"] if opts.get("output") else FORMATS[fmt or "table"]
+    for _, f in files:
+        f.available()
+    stdout.available()
+    return Targets(stdout, tuple(files), units)
+
+
+def _pictures(opts: dict[str, Any]) -> list[tuple[str, Format]]:
+    """``--plot FILE`` (a picture format by extension) and ``--html FILE``."""
+    out = []
+    for option, allowed in (("plot", ("png", "svg", "pdf")), ("html", ("html",))):
+        path = opts.get(option)
+        if not path:
+            continue
+        check_writable(path, option)
+        suffix = Path(path).suffix.lower()
+        fmt = next((FORMATS[n] for n in allowed if suffix in FORMATS[n].extensions), None)
+        if fmt is None:
+            exts = ", ".join(e for n in allowed for e in FORMATS[n].extensions)
+            raise UsageError(f"{param(option)} {path}: name the file {exts}", param=option)
+        out.append((path, fmt))
+    return out
 
 
 def display_names(models: Sequence[str]) -> dict[str, str]:

@@ -200,6 +200,19 @@ def scan_options(command: str) -> Decorator:
             "still prints. Repeat for several files.",
         ),
         _option(
+            "--plot",
+            metavar="FILE",
+            group="Output",
+            help="Draw the report to FILE (.png .svg .pdf): per-site bars and firing-rate "
+            "histograms; several models: a checkpoints x sites heatmap. Needs matplotlib.",
+        ),
+        _option(
+            "--html",
+            metavar="FILE",
+            group="Output",
+            help="Write one self-contained HTML page (opens offline). Needs matplotlib.",
+        ),
+        _option(
             "--per-unit",
             metavar="FILE",
             group="Output",

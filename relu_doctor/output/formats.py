@@ -32,6 +32,14 @@ class Format:
     units: Emitter | None = None
     stdout: bool = True
     commands: tuple[str, ...] = ("scan", "check")
+    picture: bool = False  # needs matplotlib (an optional extra)
+
+    def available(self) -> None:
+        """Fail now, before any scan, when the format needs what is not installed."""
+        if self.picture:
+            from relu_doctor.output.plots import require_matplotlib
+
+            require_matplotlib()
 
 
 FORMATS: Registry[Format] = Registry("output format")
@@ -90,3 +98,6 @@ register(Format("json", (".json",), _lazy("json_emit", "sites"), _lazy("json_emi
 register(
     Format("markdown", (".md", ".markdown"), _lazy("markdown", "sites"), _lazy("markdown", "units"))
 )
+register(Format("html", (".html", ".htm"), _lazy("html", "page"), picture=True))
+for _name in ("png", "svg", "pdf"):
+    register(Format(_name, (f".{_name}",), _lazy("plots", _name), stdout=False, picture=True))

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relu_doctor import __version__
+from relu_doctor.analyze.columns import SITE_COLUMNS
 from relu_doctor.errors import UsageError
-from relu_doctor.output.glyphs import site_sparklines
 from relu_doctor.output.plots import figure_svg, report_figure, require_matplotlib, timeline_figure
 
 STYLE = """
@@ -85,21 +85,10 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 #: A table column: (key, header, numeric: True / False (text) / None (not sortable)).
 Column = tuple[str, str, bool | None]
-#: Site table: (column, header, numeric, formatter of the site's value).
 _PERCENT, _GENERAL = "{:.1%}", "{:.3g}"
-SITE_COLUMNS: tuple[tuple[str, str, bool, str], ...] = (
-    ("kind", "kind", False, "{}"),
-    ("activation", "activation", False, "{}"),
-    ("units", "units", True, "{}"),
-    ("dead", "dead", True, "{}"),
-    ("dead_fraction", "dead %", True, _PERCENT),
-    ("near_dead", "near-dead", True, "{}"),
-    ("dormant", "dormant", True, "{}"),
-    ("sparsity", "sparsity", True, _PERCENT),
-    ("max_activation", "max act", True, _GENERAL),
-    ("dead_margin", "margin", True, _GENERAL),
-    ("grad_norm", "grad", True, _GENERAL),
-)
+#: Site-table columns come from the column registry: those the terminal table shows.
+_SHOWN = [c for c in SITE_COLUMNS.values() if c.header and c.name not in ("site", "firing")]
+_TEXT = ("kind",)
 FINDING_COLUMNS = ("rule", "severity", "site", "value", "threshold", "message", "fix")
 
 
@@ -261,27 +250,28 @@ def _summary(report: Any) -> str:
 
 
 def _sites_table(report: Any) -> str:
-    sparks = site_sparklines(report)
     head: list[Column] = [
         ("index", "#", True),
         ("site", "site", False),
-        *((column, label, numeric) for column, label, numeric, _ in SITE_COLUMNS),
-        ("firing_rates", "firing rates", None),
+        *((c.name, c.header or c.name, c.name not in _TEXT) for c in _SHOWN),
+        ("firing", "firing rates", None),
     ]
     rows = []
     for i, s in enumerate(report.sites, 1):
         name = str(s.site)
         label = _e(name) + ("" if s.executed else ' <span class="note">did not run</span>')
         cells = [_cell("index", i, numeric=True), _cell("site", name, text=f"<code>{label}</code>")]
-        for column, _, numeric, fmt in SITE_COLUMNS:
-            value = getattr(s, column) if s.executed or not numeric else None
-            css = "bad" if column in ("dead", "dead_fraction") and value else ""
-            css = "warn" if column == "near_dead" and value else css
-            cells.append(_cell(column, value, numeric=numeric, fmt=fmt, css=css))
+        for c in _SHOWN:
+            numeric = c.name not in _TEXT
+            value = s.values[c.name] if s.executed or not numeric else None
+            css = "bad" if c.severity and value else ""
+            css = "warn" if c.name == "near_dead" and value else css
+            shown = None if value is None else _e(c.cell(value))
+            cells.append(_cell(c.name, value, numeric=numeric, css=css, text=shown))
         cells.append(
-            '<td class="spark" data-col="firing_rates" '
+            '<td class="spark" data-col="firing" '
             'title="units per firing-rate bin over [0, 1]; first bin: never fired">'
-            f"{_e(sparks.get(name, ''))}</td>"
+            f"{_e(s.values.get('firing') or '')}</td>"
         )
         idle = "" if s.executed else ' class="idle"'
         rows.append(f'<tr data-site="{_e(name)}"{idle}>{"".join(cells)}</tr>')
@@ -380,3 +370,8 @@ def _sha256(text: str) -> str:
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def page(doc: Any) -> str:
+    """The emitter of the output-format registry: the page of a document."""
+    return html_page(list(doc.reports), findings=doc.findings, command=doc.command)

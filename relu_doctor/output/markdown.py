@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from relu_doctor.analyze.columns import SITE_COLUMNS
+from relu_doctor.analyze.columns import exported_columns
 from relu_doctor.output.document import Document, Failure
 
 
@@ -25,7 +25,7 @@ def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 
 
 def sites(doc: Document) -> str:
-    cols = list(SITE_COLUMNS)
+    cols = exported_columns()
     out = []
     for r in doc.items:
         if isinstance(r, Failure):

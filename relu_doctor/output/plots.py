@@ -132,10 +132,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 def figure_svg(fig: Figure) -> str:
     """``fig`` as SVG text, for embedding in a page (same deterministic settings)."""
-    buffer = io.BytesIO()
-    with _deterministic():
-        fig.savefig(buffer, format="svg", metadata=_metadata("svg"))
-    return buffer.getvalue().decode("utf-8")
+    return figure_bytes(fig, "svg").decode("utf-8")
 
 
 def abbreviate(name: str, limit: int = LABEL_CHARS) -> str:
@@ -347,3 +344,34 @@ def _deterministic() -> Iterator[None]:
 
     with mpl.rc_context({"svg.hashsalt": "relu-doctor", "svg.fonttype": "path"}):
         yield
+
+
+# --- emitters of the output-format registry -------------------------------------------------
+
+
+def document_figure(doc: Any) -> Figure:
+    """One model: its sites and histograms; several (checkpoints): the timeline heatmap."""
+    reports = list(doc.reports)
+    if not reports:
+        raise UsageError("a picture needs at least one scanned model")
+    return report_figure(reports[0]) if len(reports) == 1 else timeline_figure(reports)
+
+
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
+    """``fig`` as PNG, SVG or PDF bytes, with the deterministic settings of ``save_figure``."""
+    buffer = io.BytesIO()
+    with _deterministic():
+        fig.savefig(buffer, format=fmt, metadata=_metadata(fmt))
+    return buffer.getvalue()
+
+
+def png(doc: Any) -> bytes:
+    return figure_bytes(document_figure(doc), "png")
+
+
+def svg(doc: Any) -> bytes:
+    return figure_bytes(document_figure(doc), "svg")
+
+
+def pdf(doc: Any) -> bytes:
+    return figure_bytes(document_figure(doc), "pdf")

@@ -32,7 +32,7 @@ _SHOWN = [c for c in SITE_COLUMNS.values() if c.header is not None]
 
 
 def _cell(column: Column, site: SiteReport) -> Any:
-    value = site.row()[column.name]
+    value = site.values[column.name]
     text = column.cell(value)
     if column.severity:
         return Text(text, style=STYLES[site.severity] if site.counted else "dim")
@@ -53,12 +53,8 @@ def site_table(report: ModelReport) -> Table:
     table = Table(title=f"[bold]{report.model}[/bold]", title_justify="left", expand=False)
     for i, column in enumerate(_SHOWN):
         assert column.header is not None
-        if i == 0:
-            table.add_column(column.header, no_wrap=True, overflow="fold")
-        elif i == 1:
-            table.add_column(column.header, no_wrap=True)
-        else:
-            table.add_column(column.header, justify="right", no_wrap=True)
+        overflow: Any = "fold" if i == 0 else "ellipsis"
+        table.add_column(column.header, justify=column.justify, no_wrap=True, overflow=overflow)
     for s in report.sites:
         table.add_row(*_row(s))
     return table
