@@ -60,6 +60,11 @@ class Column:
     doc: str = ""
     export: bool = True  # False: only the terminal table shows it (not CSV/JSON/Markdown)
     justify: Literal["left", "right"] = "right"  # in the terminal table
+    label: Callable[[Mapping[str, Any]], str] | None = None  # the cell from the whole row
+
+    def text(self, values: Mapping[str, Any]) -> str:
+        """What the table (terminal, HTML) shows for this column of a row."""
+        return self.label(values) if self.label is not None else self.cell(values[self.name])
 
 
 SITE_COLUMNS: Registry[Column] = Registry("site column")
@@ -106,6 +111,12 @@ def _grad(f: SiteFacts) -> float | None:
     return t.grad_norm_sum / t.grad_calls if t.grad_calls else None
 
 
+def _kind_label(values: Mapping[str, Any]) -> str:
+    """The mechanism, and the activation when it is not plain ReLU (``module ReLU6``)."""
+    kind, act = values["kind"], values["activation"]
+    return kind if act in ("ReLU", kind) else f"{kind} {act}"
+
+
 def _fraction(f: SiteFacts) -> float:
     units = _t(f).units
     return _dead(f) / units if units else 0.0
@@ -117,7 +128,13 @@ for _column in (
         "site", lambda f: f.site, header="site", priority=100, justify="left", doc="the call site"
     ),
     Column(
-        "kind", lambda f: f.kind, header="kind", priority=10, justify="left", doc="how it is called"
+        "kind",
+        lambda f: f.kind,
+        header="kind",
+        priority=10,
+        justify="left",
+        label=_kind_label,
+        doc="how it is called",
     ),
     Column("calls", _executed(lambda f: _t(f).calls, 0), doc="calls over the scan"),
     Column(

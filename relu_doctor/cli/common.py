@@ -172,24 +172,30 @@ def _scan_one(
 
 def write_outputs(doc: Document, where: Targets) -> None:
     """Print stdout's format (warnings to stderr when stdout is data) and write the files."""
-    err = console.err_console()
     if where.stdout.name == "table":
         out = console.out_console()
-        for part in table.views(doc):
-            out.print(part)
+        parts = table.views(doc, out.width)
+        if out.is_terminal:
+            for part in parts:
+                out.print(part)
+        else:  # piped: no padding at the ends of lines
+            with out.capture() as captured:
+                for part in parts:
+                    out.print(part)
+            click.echo("\n".join(line.rstrip() for line in captured.get().split("\n")), nl=False)
     else:
         console.out_console().out(str(where.stdout.emit(doc)), end="", highlight=False)
         for r in doc.reports:
             for w in r.warnings:
-                err.print(f"[yellow]warning:[/yellow] {w}", markup=True)
+                click.echo(f"warning: {w}", err=True)  # one line each, never wrapped
     for path, fmt in where.files:
         write_atomic(path, fmt.emit(doc))
-        err.print(f"wrote {path}")
+        click.echo(f"wrote {path}", err=True)
     if where.units is not None:
         path, fmt = where.units
         assert fmt.units is not None
         write_atomic(path, fmt.units(doc))
-        err.print(f"wrote {path}")
+        click.echo(f"wrote {path}", err=True)
 
 
 def exit_code(doc: Document) -> int:

@@ -266,7 +266,7 @@ def _sites_table(report: Any) -> str:
             value = s.values[c.name] if s.executed or not numeric else None
             css = "bad" if c.severity and value else ""
             css = "warn" if c.name == "near_dead" and value else css
-            shown = None if value is None else _e(c.cell(value))
+            shown = None if value is None else _e(c.text(s.values))
             cells.append(_cell(c.name, value, numeric=numeric, css=css, text=shown))
         cells.append(
             '<td class="spark" data-col="firing" '

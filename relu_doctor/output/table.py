@@ -29,35 +29,84 @@ STYLES = {
 PLAIN_WIDTH = 140  # the width of ``-o x.txt`` and of piped output without COLUMNS
 
 _SHOWN = [c for c in SITE_COLUMNS.values() if c.header is not None]
+#: Columns never hidden, however narrow the terminal: which site, and how many units died.
+_KEPT = ("site", "dead")
+_IDLE = "not executed"
 
 
-def _cell(column: Column, site: SiteReport) -> Any:
-    value = site.values[column.name]
-    text = column.cell(value)
+def _text(column: Column, site: SiteReport) -> str:
+    """A cell's plain text (user strings stay text: a site named ``act[/x]`` is no markup)."""
+    if not site.executed and column.name not in ("site", "kind"):
+        return ""
+    if not site.executed and column.name == "kind":
+        return _IDLE
+    return column.text(site.values)
+
+
+def _style(column: Column, site: SiteReport) -> str:
+    if not site.executed:
+        return "dim" if column.name == "kind" else ""
     if column.severity:
-        return Text(text, style=STYLES[site.severity] if site.counted else "dim")
-    return text
+        return STYLES[site.severity] if site.counted else "dim"
+    return ""
 
 
-def _row(site: SiteReport) -> list[Any]:
-    if site.executed:
-        return [_cell(c, site) for c in _SHOWN]
-    # An activation module that never ran: its name and kind, then the note.
-    cells: list[Any] = [_cell(c, site) if c.name in ("site", "kind") else "" for c in _SHOWN]
-    cells[2] = Text("not executed", style="dim")
-    return cells
+def fit_columns(report: ModelReport, width: int | None) -> tuple[list[Column], list[Column]]:
+    """(shown, hidden) columns: at ``width`` characters the lowest-priority columns go first
+    (kind, the firing glyph, near-dead, grad, margin ...); site and dead always stay."""
+    shown = list(_SHOWN)
+    if width is None:
+        return shown, []
+
+    def need(cols: list[Column]) -> int:  # "│ cell " per column, then the closing "│"
+        return 1 + sum(
+            3 + max([len(c.header or "")] + [len(_text(c, s)) for s in report.sites]) for c in cols
+        )
+
+    hidden: list[Column] = []
+    for column in sorted(shown, key=lambda c: c.priority):
+        if need(shown) <= width:
+            break
+        if column.name not in _KEPT:
+            shown.remove(column)
+            hidden.append(column)
+    for column in sorted(hidden, key=lambda c: -c.priority):  # what fits again comes back
+        trial = [c for c in _SHOWN if c in shown or c is column]
+        if need(trial) <= width:
+            shown, hidden = trial, [c for c in hidden if c is not column]
+    return shown, hidden
 
 
-def site_table(report: ModelReport) -> Table:
-    """One row per site, in first-execution order; colours show severity."""
-    table = Table(title=f"[bold]{report.model}[/bold]", title_justify="left", expand=False)
-    for i, column in enumerate(_SHOWN):
+def site_table(report: ModelReport, width: int | None = None) -> Table:
+    """One row per site, in first-execution order; colours show severity. With ``width``,
+    columns that do not fit are left out (``hidden_note`` says which)."""
+    shown, _ = fit_columns(report, width)
+    table = Table(title=Text(report.model, style="bold"), title_justify="left", expand=False)
+    for column in shown:
         assert column.header is not None
-        overflow: Any = "fold" if i == 0 else "ellipsis"
-        table.add_column(column.header, justify=column.justify, no_wrap=True, overflow=overflow)
+        fold = column.name == "site"  # a long site name wraps, never loses characters
+        table.add_column(
+            column.header,
+            justify=column.justify,
+            no_wrap=not fold,
+            overflow="fold" if fold else "ellipsis",
+            min_width=len(column.header) if column.name in _KEPT else None,
+        )
     for s in report.sites:
-        table.add_row(*_row(s))
+        table.add_row(*(Text(_text(c, s), style=_style(c, s)) for c in shown))
     return table
+
+
+def hidden_note(report: ModelReport, width: int | None) -> Text | None:
+    """Which columns a narrow terminal hid, and how to see them."""
+    _, hidden = fit_columns(report, width)
+    if not hidden:
+        return None
+    names = ", ".join(c.header or c.name for c in sorted(hidden, key=lambda c: -c.priority))
+    return Text(
+        f"hidden at {width} columns: {names} (widen the terminal, or -o report.csv for all)",
+        style="dim",
+    )
 
 
 def summary(report: ModelReport) -> Text:
@@ -100,7 +149,7 @@ def suggestions(report: ModelReport) -> Group | None:
     grid.add_column(overflow="fold")
     for s in report.suggestions:
         where = "whole model" if s.site == "*" else s.site
-        grid.add_row(Text(f" • {where}:", style="bold"), s.action, s.reason)
+        grid.add_row(Text(f" • {where}:", style="bold"), Text(s.action), Text(s.reason))
     return Group(Text("Suggestions", style="bold"), grid)
 
 
@@ -114,20 +163,20 @@ def warnings(report: ModelReport) -> Text | None:
     return text
 
 
-def report_view(report: ModelReport) -> Group:
-    """Everything the terminal shows for one model."""
-    parts: list[Any] = [site_table(report), summary(report)]
-    parts += [p for p in (suggestions(report), warnings(report)) if p is not None]
-    return Group(*parts)
+def report_view(report: ModelReport, width: int | None = None) -> Group:
+    """Everything the terminal shows for one model, fitted to ``width`` characters."""
+    parts: list[Any] = [site_table(report, width), hidden_note(report, width), summary(report)]
+    parts += [suggestions(report), warnings(report)]
+    return Group(*(p for p in parts if p is not None))
 
 
-def views(doc: Document) -> list[Any]:
+def views(doc: Document, width: int | None = None) -> list[Any]:
     """The renderables of a document, models separated by a blank line."""
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
             out.append(Text())
-        out.append(failure_view(item) if isinstance(item, Failure) else report_view(item))
+        out.append(failure_view(item) if isinstance(item, Failure) else report_view(item, width))
     return out
 
 
@@ -142,6 +191,6 @@ def failure_view(failure: Failure) -> Text:
 def plain_text(doc: Document, width: int = PLAIN_WIDTH) -> str:
     """The terminal view without colours, at a fixed width (``-o report.txt``)."""
     console = Console(record=True, width=width, color_system=None, file=io.StringIO())
-    for part in views(doc):
+    for part in views(doc, width):
         console.print(part)
-    return console.export_text()
+    return "\n".join(line.rstrip() for line in console.export_text().split("\n"))
