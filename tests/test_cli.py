@@ -165,10 +165,14 @@ def test_format_json_on_stdout(m: Any) -> None:
 
 def test_format_markdown_on_stdout(m: Any) -> None:
     deep = m["deep"]
-    r = ok(run("scan", deep.path, *FAST, "--format", "markdown"))
-    lines = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    r = ok(run("scan", deep.path, m["all_dead"].path, *FAST, "--format", "markdown"))
+    text = r.stdout
+    assert "### deep.pt\n\n5 of 24 ReLU units dead (20.8%) across 2 sites" in text
+    assert "firing rate < 4.69% at 95% confidence" in text  # 3/64
+    assert "**Suggestions**" in text  # all_dead has some
+    lines = [line for line in text.split("### all_dead.pt")[0].splitlines() if line[:1] == "|"]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[: len(SITE_KEYS)] == SITE_KEYS
+    assert header[: len(SITE_KEYS) - 1] == SITE_KEYS[1:]  # the model is the heading
     assert set(lines[1].replace("|", "").replace(":", "")) == {"-"}
     rows = [
         dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
@@ -211,7 +215,7 @@ def test_output_format_from_extension_and_table_still_prints(m: Any, ext: str) -
         model = json.loads(text)["models"][0]
         assert {s["site"]: s["dead"] for s in model["sites"]} == {"act1": 3, "act2": 2}
     elif ext == "md":
-        assert any(line.startswith("| model | site | kind |") for line in text.splitlines())
+        assert any(line.startswith("| site | kind | calls |") for line in text.splitlines())
     else:  # the plain table, no colour codes
         assert "\x1b[" not in text
         assert table_row(text, "act2")[2:4] == ["8", "2"]

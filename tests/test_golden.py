@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,6 @@ from relu_doctor.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("RELU_DOCTOR_UPDATE_GOLDEN", "") not in ("", "0")
-SAMPLES = Path(__file__).parents[1] / "sample_models" / "make_samples.py"
 _NUMBER = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
 
 #: case -> (model arguments, extra options). ``{planted:NAME}`` and ``{sample:FILE}`` are
@@ -64,17 +61,6 @@ OUTPUTS = {
 }
 #: Cases whose per-unit dump is also pinned as JSON and Markdown.
 UNIT_FORMATS = {"planted_deep": ["units.json", "units.md"]}
-
-
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample models, built by their seeded script in a folder of their own."""
-    folder = tmp_path_factory.mktemp("samples")
-    done = subprocess.run(
-        [sys.executable, str(SAMPLES), str(folder)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return folder
 
 
 def _fill(arg: str, planted: Any, samples: Any) -> str:

@@ -20,6 +20,7 @@ from relu_doctor.analyze.glyphs import sparkline
 from relu_doctor.analyze.metrics import UnitMetrics, finite_median
 from relu_doctor.registry import Registry
 from relu_doctor.scanner.accumulate import UnitTotals
+from relu_doctor.scanner.topology import SiteTopology
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SiteFacts:
     totals: UnitTotals | None
     metrics: UnitMetrics | None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    topology: SiteTopology | None = None
 
 
 def _num(value: Any, fmt: str = ".3g") -> str:
@@ -111,6 +113,14 @@ def _grad(f: SiteFacts) -> float | None:
     return t.grad_norm_sum / t.grad_calls if t.grad_calls else None
 
 
+def _site_label(values: Mapping[str, Any]) -> str:
+    """A functional site's name says nothing of where it is: add the layer that feeds it."""
+    producer = values.get("producer")
+    if values["kind"] == "functional" and producer:
+        return f"{values['site']} after {producer}"
+    return str(values["site"])
+
+
 def _kind_label(values: Mapping[str, Any]) -> str:
     """The mechanism, and the activation when it is not plain ReLU (``module ReLU6``)."""
     kind, act = values["kind"], values["activation"]
@@ -125,7 +135,13 @@ def _fraction(f: SiteFacts) -> float:
 for _column in (
     Column("model", lambda f: f.model, doc="model name (file name)"),
     Column(
-        "site", lambda f: f.site, header="site", priority=100, justify="left", doc="the call site"
+        "site",
+        lambda f: f.site,
+        header="site",
+        priority=100,
+        justify="left",
+        label=_site_label,
+        doc="the call site",
     ),
     Column(
         "kind",
@@ -230,6 +246,16 @@ for _column in (
         "nonfinite",
         _executed(lambda f: int((~_m(f).finite).sum()), 0),
         doc="units that saw NaN or Inf",
+    ),
+    Column(
+        "producer",
+        lambda f: f.topology.producer if f.topology else None,
+        doc="the layer whose output is the pre-activation (see Topology)",
+    ),
+    Column(
+        "consumer",
+        lambda f: f.topology.consumer if f.topology else None,
+        doc="the one layer that reads the output (see Topology)",
     ),
 ):
     site_column(_column)

@@ -83,7 +83,16 @@ class SiteReport:
         metrics = unit_metrics(totals, activation, th) if totals is not None else None
         extras = dict(extras or {})
         facts = SiteFacts(
-            model, site, kind, activation, unit_dim, totals is not None, totals, metrics, extras
+            model,
+            site,
+            kind,
+            activation,
+            unit_dim,
+            totals is not None,
+            totals,
+            metrics,
+            extras,
+            topology,
         )
         return SiteReport(site_values(facts), activation, totals, topology, th, extras)
 

@@ -128,7 +128,15 @@ def start(ctx: click.Context, opts: dict[str, Any]) -> None:
         check_keys(config, root.command.commands)
 
 
-@main.command(cls=options.GroupedCommand)
+@main.command(
+    cls=options.GroupedCommand,
+    epilog=options.examples(
+        "relu-doctor scan model.pt",
+        "relu-doctor scan model.pt --data val.npz --batches 20 --top 10",
+        "relu-doctor scan weights.pt --arch 'mypkg.models:Net(num_classes=10)'",
+        "relu-doctor scan model.pt -o report.json -o report.csv --html report.html -q",
+    ),
+)
 @click.argument("models", nargs=-1, required=True, metavar="MODEL...")
 @options.scan_options("scan")
 @click.pass_context
@@ -137,7 +145,7 @@ def scan(ctx: click.Context, models: tuple[str, ...], **opts: Any) -> int:
 
     MODEL is a saved model (a pickle of torch.nn parts, a state dict with --arch, TorchScript,
     a torch.export .pt2, .safetensors with --arch) or a MODULE:CALLABLE factory. Several
-    models are scanned one after the other (e.g. checkpoints of one run).
+    models are scanned one after the other on the same inputs (e.g. checkpoints of one run).
 
     Exit code 0 whatever the model's health; 2 on bad input.
     """

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ EXIT_OK, EXIT_UNHEALTHY, EXIT_ERROR = 0, 1, 2
 class Targets:
     """Where output goes: stdout's format, the report files and the per-unit file."""
 
-    stdout: Format
+    stdout: Format | None  # None: quiet
     files: tuple[tuple[str, Format], ...]
     units: tuple[str, Format] | None
+    view: table.View = field(default_factory=table.View)
 
 
 def targets(opts: dict[str, Any]) -> Targets:
@@ -74,7 +75,10 @@ def targets(opts: dict[str, Any]) -> Targets:
     for _, f in files:
         f.available()
     stdout.available()
-    return Targets(stdout, tuple(files), units)
+    view = table.View(
+        opts.get("top"), bool(opts.get("only_unhealthy")), opts.get("sort") or "order"
+    )
+    return Targets(None if opts.get("quiet") else stdout, tuple(files), units, view)
 
 
 def _pictures(opts: dict[str, Any]) -> list[tuple[str, Format]]:
@@ -142,14 +146,15 @@ def _scan_one(
     fresh: Any,
     count: int,
 ) -> ModelReport:
-    loaded = load_model(
-        spec,
-        arch=opts.get("arch"),
-        trust=trust,
-        device=device,
-        verify=opts["verify"],
-        strict=opts["strict"],
-    )
+    with console.spinner(f"loading {names[spec]}"):
+        loaded = load_model(
+            spec,
+            arch=opts.get("arch"),
+            trust=trust,
+            device=device,
+            verify=opts["verify"],
+            strict=opts["strict"],
+        )
     with console.progress_bar(f"scanning {loaded.name}") as progress:
         return scan(
             loaded,
@@ -172,9 +177,11 @@ def _scan_one(
 
 def write_outputs(doc: Document, where: Targets) -> None:
     """Print stdout's format (warnings to stderr when stdout is data) and write the files."""
-    if where.stdout.name == "table":
+    if where.stdout is None:
+        pass
+    elif where.stdout.name == "table":
         out = console.out_console()
-        parts = table.views(doc, out.width)
+        parts = table.views(doc, out.width, where.view)
         if out.is_terminal:
             for part in parts:
                 out.print(part)

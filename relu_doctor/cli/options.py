@@ -36,6 +36,11 @@ class GroupedCommand(click.Command):
                 formatter.write_dl(records)
 
 
+def examples(*lines: str) -> str:
+    """A command's help epilog: an ``Examples:`` block shown after the options."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _option(*decls: str, group: str, **kwargs: Any) -> Decorator:
     return click.option(*decls, cls=GroupedOption, group=group, **kwargs)
 
@@ -217,6 +222,35 @@ def scan_options(command: str) -> Decorator:
             metavar="FILE",
             group="Output",
             help="Write one row per unit to FILE (.csv .json .md).",
+        ),
+        _option(
+            "--top",
+            type=click.IntRange(min=1),
+            default=None,
+            group="Output",
+            help="Show only the N sites with the largest dead fraction in the table.",
+        ),
+        _option(
+            "--only-unhealthy",
+            is_flag=True,
+            group="Output",
+            help="Show only sites with dead, near-dead or non-finite units in the table.",
+        ),
+        _option(
+            "--sort",
+            type=click.Choice(["order", "dead", "name"]),
+            default="order",
+            show_default=True,
+            group="Output",
+            help="Table order: network order, most dead first, or by name. Files keep every "
+            "site in network order.",
+        ),
+        _option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            group="Output",
+            help="Print nothing on stdout (with -o/--plot/--html: only write the files).",
         ),
         _option(
             "--debug",

@@ -1,4 +1,5 @@
-"""GitHub-flavoured Markdown: a summary line and a table per model; the per-unit dump."""
+"""GitHub-flavoured Markdown, the job-summary format: per model a heading, the summary, the
+per-site table (no model column), suggestions and warnings; and the per-unit dump."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from relu_doctor.analyze.columns import exported_columns
+from relu_doctor.analyze.report import ModelReport
 from relu_doctor.output.document import Document, Failure
 
 
@@ -15,7 +17,7 @@ def cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
@@ -24,19 +26,44 @@ def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     return lines
 
 
+def summary(r: ModelReport) -> str:
+    """The summary line, with the honest bound of what "dead" means for this N."""
+    text = (
+        f"{r.dead_units} of {r.total_units} ReLU units dead ({r.dead_fraction:.1%}) across "
+        f"{len(r.counted_sites)} sites; {r.samples} samples in {r.batches} batches "
+        f"({r.mode} mode, {r.device})."
+    )
+    if r.dead_bound is not None:
+        text += (
+            f" Dead = 0 firings in {r.min_samples} samples: firing rate < "
+            f"{min(r.dead_bound, 1.0):.2%} at 95% confidence."
+        )
+    return text
+
+
+def model_section(r: ModelReport) -> list[str]:
+    cols = [c for c in exported_columns() if c != "model"]
+    out = [f"### {cell(r.model)}", "", summary(r), ""]
+    out += table(cols, ([s.row()[c] for c in cols] for s in r.sites))
+    if r.suggestions:
+        out += ["", "**Suggestions**", ""]
+        out += [
+            f"- `{'whole model' if s.site == '*' else s.site}`: **{s.action}**: {cell(s.reason)}"
+            for s in r.suggestions
+        ]
+    if r.warnings:
+        out += ["", "**Warnings**", ""]
+        out += [f"- {cell(w)}" for w in r.warnings]
+    return [*out, ""]
+
+
 def sites(doc: Document) -> str:
-    cols = exported_columns()
     out = []
     for r in doc.items:
         if isinstance(r, Failure):
-            out += [f"**{r.model}**: error: {r.message}", ""]
-            continue
-        out.append(
-            f"**{r.model}**: {r.dead_units} of {r.total_units} ReLU units dead "
-            f"({r.dead_fraction:.1%}) in {r.samples} samples\n"
-        )
-        out += table(cols, ([s.row()[c] for c in cols] for s in r.sites))
-        out.append("")
+            out += [f"### {cell(r.model)}", "", f"**error**: {cell(r.message)}", ""]
+        else:
+            out += model_section(r)
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ columns from the column registry.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console, Group
@@ -51,16 +52,56 @@ def _style(column: Column, site: SiteReport) -> str:
     return ""
 
 
-def fit_columns(report: ModelReport, width: int | None) -> tuple[list[Column], list[Column]]:
+@dataclass(frozen=True)
+class View:
+    """Which sites the table shows and in what order (files always carry every site):
+    ``top`` the N with the largest dead fraction, ``unhealthy`` only sites with dead,
+    near-dead or non-finite units, ``sort`` ``order`` (network), ``dead`` or ``name``."""
+
+    top: int | None = None
+    unhealthy: bool = False
+    sort: str = "order"
+
+
+def shown_sites(report: ModelReport, view: View) -> list[SiteReport]:
+    sites = list(report.sites)
+    if view.unhealthy:
+        sites = [s for s in sites if s.executed and (s.dead or s.near_dead or s.nonfinite)]
+    if view.top is not None:
+        worst = sorted(sites, key=lambda s: (-(s.dead_fraction or 0.0), -s.dead))
+        keep = {id(s) for s in worst[: view.top]}
+        sites = [s for s in sites if id(s) in keep]
+    if view.sort == "dead":
+        sites.sort(key=lambda s: (-(s.dead_fraction or 0.0), -s.dead))
+    elif view.sort == "name":
+        sites.sort(key=lambda s: str(s.site))
+    return sites
+
+
+def _view_note(report: ModelReport, shown: int, view: View) -> Text | None:
+    if shown == len(report.sites):
+        return None
+    why = []
+    if view.unhealthy:
+        why.append("only sites with dead, near-dead or non-finite units")
+    if view.top is not None:
+        why.append(f"the {view.top} with the largest dead fraction")
+    return Text(f"showing {shown} of {len(report.sites)} sites: {'; '.join(why)}", style="dim")
+
+
+def fit_columns(
+    report: ModelReport, width: int | None, sites: list[SiteReport] | None = None
+) -> tuple[list[Column], list[Column]]:
     """(shown, hidden) columns: at ``width`` characters the lowest-priority columns go first
     (kind, the firing glyph, near-dead, grad, margin ...); site and dead always stay."""
     shown = list(_SHOWN)
+    rows = report.sites if sites is None else sites
     if width is None:
         return shown, []
 
     def need(cols: list[Column]) -> int:  # "│ cell " per column, then the closing "│"
         return 1 + sum(
-            3 + max([len(c.header or "")] + [len(_text(c, s)) for s in report.sites]) for c in cols
+            3 + max([len(c.header or "")] + [len(_text(c, s)) for s in rows]) for c in cols
         )
 
     hidden: list[Column] = []
@@ -77,10 +118,13 @@ def fit_columns(report: ModelReport, width: int | None) -> tuple[list[Column], l
     return shown, hidden
 
 
-def site_table(report: ModelReport, width: int | None = None) -> Table:
-    """One row per site, in first-execution order; colours show severity. With ``width``,
-    columns that do not fit are left out (``hidden_note`` says which)."""
-    shown, _ = fit_columns(report, width)
+def site_table(
+    report: ModelReport, width: int | None = None, sites: list[SiteReport] | None = None
+) -> Table:
+    """One row per site (``sites``: those to show), in first-execution order; colours show
+    severity. With ``width``, columns that do not fit are left out (``hidden_note``)."""
+    rows = report.sites if sites is None else sites
+    shown, _ = fit_columns(report, width, list(rows))
     table = Table(title=Text(report.model, style="bold"), title_justify="left", expand=False)
     for column in shown:
         assert column.header is not None
@@ -92,14 +136,16 @@ def site_table(report: ModelReport, width: int | None = None) -> Table:
             overflow="fold" if fold else "ellipsis",
             min_width=len(column.header) if column.name in _KEPT else None,
         )
-    for s in report.sites:
+    for s in rows:
         table.add_row(*(Text(_text(c, s), style=_style(c, s)) for c in shown))
     return table
 
 
-def hidden_note(report: ModelReport, width: int | None) -> Text | None:
+def hidden_note(
+    report: ModelReport, width: int | None, sites: list[SiteReport] | None = None
+) -> Text | None:
     """Which columns a narrow terminal hid, and how to see them."""
-    _, hidden = fit_columns(report, width)
+    _, hidden = fit_columns(report, width, sites)
     if not hidden:
         return None
     names = ", ".join(c.header or c.name for c in sorted(hidden, key=lambda c: -c.priority))
@@ -163,20 +209,30 @@ def warnings(report: ModelReport) -> Text | None:
     return text
 
 
-def report_view(report: ModelReport, width: int | None = None) -> Group:
+def report_view(report: ModelReport, width: int | None = None, view: View = View()) -> Group:
     """Everything the terminal shows for one model, fitted to ``width`` characters."""
-    parts: list[Any] = [site_table(report, width), hidden_note(report, width), summary(report)]
-    parts += [suggestions(report), warnings(report)]
+    sites = shown_sites(report, view)
+    parts: list[Any] = [
+        site_table(report, width, sites),
+        _view_note(report, len(sites), view),
+        hidden_note(report, width, sites),
+        summary(report),
+        suggestions(report),
+        warnings(report),
+    ]
     return Group(*(p for p in parts if p is not None))
 
 
-def views(doc: Document, width: int | None = None) -> list[Any]:
+def views(doc: Document, width: int | None = None, view: View = View()) -> list[Any]:
     """The renderables of a document, models separated by a blank line."""
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
             out.append(Text())
-        out.append(failure_view(item) if isinstance(item, Failure) else report_view(item, width))
+        if isinstance(item, Failure):
+            out.append(failure_view(item))
+        else:
+            out.append(report_view(item, width, view))
     return out
 
 
