@@ -71,9 +71,9 @@ def test_conv_batchnorm_pool_and_what_has_no_layer(grad: bool) -> None:
     assert t["relu#1"].producer is None
     assert t["relu#1"].producer_note.startswith("the pre-activation comes from aten.max_pool2d")
     assert t["relu#1"].consumer == "conv3"  # through a flatten (a view)
-    # act3 feeds h.mean(dim=2): no layer consumes it.
-    assert (t["act3"].producer, t["act3"].consumer) == ("conv3", None)
-    assert t["act3"].consumer_note == "the output is read by aten.mean, not by a layer"
+    # act3 feeds head(h.mean(dim=2)): averaging over positions keeps each channel apart.
+    assert (t["act3"].producer, t["act3"].consumer) == ("conv3", "head")
+    assert t["act3"].via == ("mean",)
 
 
 def test_a_gated_pre_activation_has_no_producing_layer() -> None:

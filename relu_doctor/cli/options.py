@@ -125,7 +125,8 @@ def scan_options(command: str) -> Decorator:
             default=0,
             show_default=True,
             group="Inputs",
-            help="Seed of the synthetic inputs.",
+            help="Seed of the synthetic inputs"
+            + (" and of the re-drawn weights." if command == "fix" else "."),
         ),
         _option(
             "--device",
@@ -190,20 +191,13 @@ def scan_options(command: str) -> Decorator:
             group="Output",
             help="Output format [default: table, or from -o's extension].",
         ),
-        _option(
-            "-o",
-            "--output",
-            metavar="FILE",
-            multiple=True,
-            group="Output",
-            help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
-            "still prints. Repeat for several files.",
-        ),
+        _report_option(command),
         _option(
             "--per-unit",
             metavar="FILE",
             group="Output",
-            help="Write one row per unit to FILE (.csv .json .md).",
+            help="Write one row per unit to FILE (.csv .json .md)"
+            + (", of the model before and after the repair." if command == "fix" else "."),
         ),
         _option(
             "--debug",
@@ -211,6 +205,91 @@ def scan_options(command: str) -> Decorator:
             group="Output",
             callback=_remember_debug,
             help="Show tracebacks.",
+        ),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _report_option(command: str) -> Decorator:
+    """Where the report goes: ``-o FILE`` for scan and check; ``fix`` writes the repaired
+    model to ``-o`` and its report to ``--report`` (the same ``output`` parameter)."""
+    if command == "fix":
+        return _option(
+            "--report",
+            "output",
+            metavar="FILE",
+            multiple=True,
+            group="Output",
+            help="Write the before/after report to FILE (.txt .json .md; '-' for stdout); "
+            "the table still prints. Repeat for several files.",
+        )
+    return _option(
+        "-o",
+        "--output",
+        metavar="FILE",
+        multiple=True,
+        group="Output",
+        help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
+        "still prints. Repeat for several files.",
+    )
+
+
+def fix_options() -> Decorator:
+    """What ``fix`` does and where the repaired model goes."""
+    from relu_doctor.fix import TARGETS  # names only: imports nothing heavy
+
+    options = [
+        _option(
+            "-o",
+            "--out",
+            metavar="OUT",
+            required=True,
+            group="Repair",
+            help="Write the repaired model to OUT, in the input's form (a pickle stays a "
+            "pickle, a state dict a state dict).",
+        ),
+        _option(
+            "--to",
+            type=click.Choice(TARGETS),
+            required=True,
+            group="Repair",
+            help="Swap the ReLU for an activation that passes gradient, or reinit: "
+            "re-draw the dead units' incoming weights and zero their outgoing ones (ReDo).",
+        ),
+        _option(
+            "--sites",
+            metavar="NAME,...|all",
+            group="Repair",
+            help="Sites to repair [default: the sites check flags: a site more than 50% "
+            "dead, or every site with dead units when the model is more than 10% dead].",
+        ),
+        _option(
+            "--slope",
+            type=float,
+            default=0.01,
+            show_default=True,
+            group="Repair",
+            help="Negative slope of leaky_relu, initial slope of prelu.",
+        ),
+        _option(
+            "--alpha",
+            type=float,
+            default=1.0,
+            show_default=True,
+            group="Repair",
+            help="alpha of elu.",
+        ),
+        _option(
+            "--force",
+            is_flag=True,
+            group="Repair",
+            help="Allow OUT to be the input file (overwrite it).",
         ),
     ]
 
