@@ -61,6 +61,13 @@ class InputShape(click.ParamType):
         return tuple(int(p) for p in parts)
 
 
+class OneLineChoice(click.Choice):
+    """A choice whose "missing" message fits the one ``Error:`` line."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        return f"Choose from {', '.join(map(str, self.choices))}."
+
+
 def scan_options(command: str) -> Decorator:
     """Everything that loads a model, feeds it and shapes the output."""
     options = [
@@ -256,7 +263,7 @@ def fix_options() -> Decorator:
         ),
         _option(
             "--to",
-            type=click.Choice(TARGETS),
+            type=OneLineChoice(TARGETS),
             required=True,
             group="Repair",
             help="Swap the ReLU for an activation that passes gradient, or reinit: "

@@ -299,15 +299,18 @@ def _rewrite(
             if new_index != old_index:
                 old = site_name(SiteKey(path, op, False, old_index), False)
                 out.renamed[old] = site_name(SiteKey(path, op, False, new_index), False)
-    for node in graph.nodes:  # the scan reads this key as the mark of an export program
-        node.meta.pop("nn_module_stack", None)
+    for node in graph.nodes:
+        node.meta.pop("nn_module_stack", None)  # the scan's mark of an export program
+        node.type = None  # a string annotation (``from __future__ import annotations``)
+        # would make the GraphModule impossible to pickle
+    graph._tracer_cls = None  # its pickle would name this module's tracer: load with torch's
     traced = fx.GraphModule(owner, graph, class_name=type(owner).__name__)
     _keep_unused(traced, owner)
     traced.train(owner.training)
     _set_module(out, path, traced)
     out.notes.append(
-        f"{where} was rewritten with torch.fx: the repaired model holds a GraphModule, whose "
-        "pickle runs code on load (load it with trust)"
+        f"{where} was rewritten with torch.fx: a GraphModule holds its forward now (a pickle "
+        "of it runs code on load)"
     )
 
 
