@@ -19,6 +19,7 @@ import torch
 
 from relu_doctor import __version__
 from relu_doctor.analyze.report import ModelReport, SiteReport, clean
+from relu_doctor.device import resolve_device
 from relu_doctor.fix.changes import Change, Outcome
 from relu_doctor.scanner.batches import Batch, iter_tensors
 from relu_doctor.scanner.gradients import LOSSES, loss_name, loss_of
@@ -196,18 +197,18 @@ def compare(
     losses: list[float] = [0.0, 0.0]
     rows = 0
     targets = all(b.targets is not None for b in batches)
-    dev = torch.device(device) if device is not None else None
-    with _running(original, mode, dev), _running(repaired, mode, dev):
+    runs = (_running(original, mode, device), _running(repaired, mode, device))
+    with runs[0], runs[1]:
         for i, batch in enumerate(batches):
             outs = []
-            for k, target in enumerate((original, repaired)):
-                out, loss = _forward(target, batch, i, dev, targets)
+            for k, run in enumerate(runs):
+                out, loss = _forward(run.target, batch.to(run.dev), i, targets)
                 outs.append(out)
                 if loss is not None:
                     losses[k] += loss * batch.rows
             rows += batch.rows
             for a, b in zip(outs[0], outs[1], strict=True):
-                change = max(change, _max_diff(a, b))
+                change = max(change, _max_diff(a, b.to(a.device)))
                 finite = a[torch.isfinite(a)]
                 scale = max(scale, float(finite.abs().max()) if finite.numel() else 0.0)
     if not targets or not rows:
@@ -219,11 +220,9 @@ def compare(
 class _running:
     """A target in the scan's mode on the scan's device, left as it was afterwards."""
 
-    def __init__(self, target: Target, mode: str, dev: torch.device | None) -> None:
+    def __init__(self, target: Target, mode: str, device: Any) -> None:
         self.target = target
-        module = target.module
-        here = next((t.device for t in (*module.parameters(), *module.buffers())), None)
-        self.dev = dev or here or torch.device("cpu")
+        self.dev = resolve_device(device, target.module)
         self.mode = mode
         self._ctx: Any = None
 
@@ -238,12 +237,11 @@ class _running:
 
 
 def _forward(
-    target: Target, batch: Batch, index: int, dev: torch.device | None, with_loss: bool
+    target: Target, moved: Batch, index: int, with_loss: bool
 ) -> tuple[list[torch.Tensor], float | None]:
     """One forward with the random stream seeded per batch: both models draw the same
     dropout masks. The loss is the scan's own (``loss_of``), computed with gradients on."""
     module = target.module
-    moved = batch.to(dev) if dev is not None else batch
     torch.manual_seed(index)
     if not with_loss:
         with torch.no_grad():
