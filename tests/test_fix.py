@@ -422,3 +422,26 @@ def test_unknown_sites_and_bad_options_are_usage_errors() -> None:
         relu_doctor.repair(mlp(), x, to="gelu")
     with pytest.raises(UsageError, match=r"slope must be in \(0, 1\)"):
         relu_doctor.repair(mlp(), x, to="leaky_relu", slope=0.0)
+
+
+class Dropping(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = plant(nn.Linear(6, 8), [2])
+        self.drop = nn.Dropout(0.5)
+        self.fc2 = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(self.drop(x))))
+
+
+def test_the_random_stream_is_left_alone_and_dropout_compared_fairly() -> None:
+    """Train mode: both models draw the same dropout masks, so ReDo's output change is 0;
+    the caller's random stream is where it was."""
+    model, x = Dropping(), positive_inputs(32, 6)
+    state = torch.get_rng_state()
+    _, proof = relu_doctor.repair(model, x, to="reinit", mode="train")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert proof.comparison is not None and proof.comparison.max_change == 0.0
+    assert model.training  # modes as they were

@@ -242,7 +242,11 @@ def _forward(
     """One forward with the random stream seeded per batch: both models draw the same
     dropout masks. The loss is the scan's own (``loss_of``), computed with gradients on."""
     module = target.module
-    torch.manual_seed(index)
+    torch.default_generator.manual_seed(index)  # restored by ``preserved``, as is the GPU's
+    dev = next(iter_tensors((moved.args, moved.kwargs))).device
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            torch.cuda.manual_seed(index)
     if not with_loss:
         with torch.no_grad():
             out = moved.forward(module)

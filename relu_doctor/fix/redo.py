@@ -121,7 +121,7 @@ class Plan:
     def _fresh(self, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A fresh draw of the whole layer, on the CPU (only the planned rows are used)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU's only: the draw is on the CPU
             module = self.producer.module
             if self.eager and callable(getattr(module, "reset_parameters", None)):
                 scratch = Layer("", copy.deepcopy(module).to("cpu"), self.producer.form)
