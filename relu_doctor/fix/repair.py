@@ -11,7 +11,7 @@ import copy
 import io
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,14 @@ from relu_doctor.device import resolve_device
 from relu_doctor.errors import RepairError, UsageError, param
 from relu_doctor.fix import TARGETS
 from relu_doctor.fix.changes import Change, Outcome
-from relu_doctor.fix.proof import TOLERANCE, FixReport, SiteProof, compare, site_proofs
+from relu_doctor.fix.proof import (
+    TOLERANCE,
+    Comparison,
+    FixReport,
+    SiteProof,
+    compare,
+    site_proofs,
+)
 from relu_doctor.fix.redo import Plan, plan
 from relu_doctor.fix.select import select
 from relu_doctor.fix.swap import swap
@@ -119,8 +126,9 @@ def repair(
         why = chosen.why if not chosen.sites else "nothing to fix: no chosen site has dead units"
         return result, FixReport(label, to, options, why, before)
     draws: dict[str, int] = {}
+    checked: Comparison | None = None
     if to == "reinit":
-        outcome = _reinit(original, target, picked, seed, scans, draws)
+        outcome, checked = _reinit(original, target, picked, seed, scans, draws)
     else:
         outcome = swap(target.module, target.runtime, before, picked, to, options)
     outcome.refused[:0] = list(chosen.skipped)
@@ -132,7 +140,7 @@ def repair(
         raise RepairError(f"nothing could be repaired in {label}: {reasons}", param="sites")
     after = scans.run(outcome.model, repaired_name or f"{label} (repaired)", grad)
     repaired = Target(outcome.model, target.runtime, target.exported, target.name)
-    comparison = compare(original, repaired, scans.batches, mode=mode, device=device)
+    comparison = checked or compare(original, repaired, scans.batches, mode=mode, device=device)
     proofs = site_proofs(before, after, outcome, options, draws)
     outcome.notes += _idle_notes(proofs, before)
     report = FixReport(
@@ -266,9 +274,10 @@ def _reinit(
     seed: int,
     scans: _Scan,
     draws: dict[str, int],
-) -> Outcome:
+) -> tuple[Outcome, Comparison | None]:
     """Plan every site, draw, re-draw what does not fire, and keep only the changes that
-    leave the outputs as they were (each refused change is undone)."""
+    leave the outputs as they were (each refused change is undone). Also returns the
+    comparison of the final model with the original, when the last check was of it."""
     model = target.module
     out = Outcome(model)
     plans: list[Plan] = []
@@ -284,7 +293,8 @@ def _reinit(
         p.silence()
         draws[p.site] = 1
     _redraw(target, plans, seed, scans, draws)
-    kept = _keep_unchanged(_checker(original, target, scans), plans, out)
+    check = _Checker(original, target, scans)
+    kept = _keep_unchanged(check, plans, out)
     for p in kept:
         action = f"re-initialised {len(p.units)} of {p.producer.weight.shape[0]} units"
         out.changes.append(Change(p.site, p.site, action, p.units))
@@ -293,7 +303,7 @@ def _reinit(
             "compiled layers keep no Python initialiser: their units were re-drawn with torch's "
             "default Linear/Conv initialiser"
         )
-    return out
+    return out, check.last
 
 
 def _redraw(
@@ -318,9 +328,7 @@ def _idle(report: ModelReport, p: Plan) -> tuple[int, ...]:
     return tuple(j for j in p.units if site.totals.fires[j] == 0)
 
 
-def _keep_unchanged(
-    check: Callable[[], float | None], plans: list[Plan], out: Outcome
-) -> list[Plan]:
+def _keep_unchanged(check: _Checker, plans: list[Plan], out: Outcome) -> list[Plan]:
     """Keep the plans that leave every output as it was; undo and refuse the others (a
     layer read elsewhere too, a flatten that is not channel-major...)."""
     if not plans or check() is None:
@@ -338,6 +346,7 @@ def _keep_unchanged(
             kept.append(p)
             continue
         p.restore()
+        check.last = None  # the model changed since
         out.refuse(
             p.site,
             f"re-initialising it changed the model's output by {change:.3g} on the scanned data "
@@ -346,12 +355,17 @@ def _keep_unchanged(
     return kept
 
 
-def _checker(original: Target, target: Target, scans: _Scan) -> Callable[[], float | None]:
-    """A check that the working copy still computes what the original does: None when the
-    largest output change is within ``TOLERANCE`` of the largest output, else the change."""
+class _Checker:
+    """Does the working copy still compute what the original does? ``check()`` is None when
+    the largest output change is within ``TOLERANCE`` of the largest output, else the
+    change; ``last`` keeps the latest comparison."""
 
-    def check() -> float | None:
-        cmp = compare(original, target, scans.batches, mode=scans.mode, device=scans.device)
-        return None if cmp.max_change <= TOLERANCE * cmp.scale else cmp.max_change
+    def __init__(self, original: Target, target: Target, scans: _Scan) -> None:
+        self.original, self.target, self.scans = original, target, scans
+        self.last: Comparison | None = None
 
-    return check
+    def __call__(self) -> float | None:
+        s = self.scans
+        self.last = compare(self.original, self.target, s.batches, mode=s.mode, device=s.device)
+        ok = self.last.max_change <= TOLERANCE * self.last.scale
+        return None if ok else self.last.max_change
