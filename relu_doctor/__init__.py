@@ -10,18 +10,31 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelReport", "SiteReport", "SiteStats", "__version__", "check", "scan"]
+__all__ = [
+    "FixReport",
+    "ModelReport",
+    "SiteReport",
+    "SiteStats",
+    "__version__",
+    "check",
+    "repair",
+    "scan",
+]
 
 if TYPE_CHECKING:
     from relu_doctor.analyze.report import ModelReport, SiteReport
     from relu_doctor.analyze.report import SiteReport as SiteStats
     from relu_doctor.api import scan
+    from relu_doctor.fix.proof import FixReport
+    from relu_doctor.fix.repair import repair
     from relu_doctor.gate.judge import check
 
 #: Public name -> (module, attribute), imported on first use.
 _LAZY = {
     "scan": ("relu_doctor.api", "scan"),
     "check": ("relu_doctor.gate.judge", "check"),
+    "repair": ("relu_doctor.fix.repair", "repair"),
+    "FixReport": ("relu_doctor.fix.proof", "FixReport"),
     "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
     "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
     "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,7 +34,11 @@ class Activation:
     ``backward_saved`` is the index of the backward op's argument that is the tensor the
     forward saved: the output for ReLU (``saves_output``), the input for the others.
     ``swap`` builds the module ``fix`` puts in a site's place (``units`` for per-channel
-    parameters, ``options`` from the command line).
+    parameters, ``options`` from the command line: ``slope``, ``alpha``, and ``inplace``
+    1.0 where the replaced call worked in place). ``passes_grad`` says, from each unit's
+    largest pre-activation, whether the activation's derivative is non-zero for that unit on
+    some input (every derivative here is largest at the largest input), i.e. whether a
+    gradient arriving at the unit's output reaches its incoming weights.
     """
 
     op: str
@@ -48,6 +53,7 @@ class Activation:
     bounded_ops: frozenset[Any] = frozenset()
     swap: Callable[[int, dict[str, float]], nn.Module] | None = None
     measured: bool = True
+    passes_grad: Callable[[np.ndarray, dict[str, float]], np.ndarray] | None = None
 
 
 _BY_OP: Registry[Activation] = Registry("activation op")
@@ -139,6 +145,13 @@ def _index() -> None:
             _GRAPH_OPS[name] = act
 
 
+def _elu_passes(max_pre: np.ndarray, alpha: float) -> np.ndarray:
+    """ELU's slope below zero is ``alpha * exp(x)``, which is 0 in float32 far below zero
+    (about -104): a unit that deep passes no gradient through an ELU either."""
+    below = np.float32(alpha) * np.exp(np.minimum(max_pre, 0).astype(np.float32))
+    return (max_pre > 0) | (below != 0)
+
+
 RELU = register(
     Activation(
         op="relu",
@@ -151,6 +164,7 @@ RELU = register(
         backward_saved=1,
         saves_output=True,
         swap=lambda units, o: nn.ReLU(),
+        passes_grad=lambda max_pre, o: max_pre > 0,
     )
 )
 RELU6 = register(
@@ -169,6 +183,8 @@ RELU6 = register(
         backward=aten.hardtanh_backward.default,
         bounded_ops=frozenset({aten.hardtanh.default, aten.hardtanh_.default}),
         swap=lambda units, o: nn.ReLU6(),
+        # Its derivative is 1 on (0, 6): a unit above 6 on every input would count too.
+        passes_grad=lambda max_pre, o: max_pre > 0,
     )
 )
 LEAKY_RELU = register(
@@ -180,7 +196,8 @@ LEAKY_RELU = register(
         forward=((aten.leaky_relu.default, False), (aten.leaky_relu_.default, True)),
         graph_ops=("leaky_relu", "leaky_relu_"),
         backward=aten.leaky_relu_backward.default,
-        swap=lambda units, o: nn.LeakyReLU(o.get("slope", 0.01)),
+        swap=lambda units, o: nn.LeakyReLU(o.get("slope", 0.01), bool(o.get("inplace"))),
+        passes_grad=lambda max_pre, o: (max_pre > 0) | (o.get("slope", 0.01) != 0),
     )
 )
 ELU = register(
@@ -193,7 +210,8 @@ ELU = register(
         graph_ops=("elu", "elu_"),
         backward=aten.elu_backward.default,
         backward_saved=5,
-        swap=lambda units, o: nn.ELU(o.get("alpha", 1.0)),
+        swap=lambda units, o: nn.ELU(o.get("alpha", 1.0), bool(o.get("inplace"))),
+        passes_grad=lambda max_pre, o: _elu_passes(max_pre, o.get("alpha", 1.0)),
     )
 )
 PRELU = register(
@@ -206,6 +224,7 @@ PRELU = register(
         graph_ops=("prelu", "_prelu_kernel"),
         backward=aten._prelu_kernel_backward.default,
         swap=lambda units, o: nn.PReLU(units, init=o.get("slope", 0.01)),
+        passes_grad=lambda max_pre, o: (max_pre > 0) | (o.get("slope", 0.01) != 0),
     )
 )
 _index()

@@ -76,3 +76,7 @@ class CaptureError(ReluDoctorError):
 
 class UsageError(ReluDoctorError):
     """Arguments that do not make sense together or are out of range."""
+
+
+class RepairError(ReluDoctorError):
+    """A repair that could not be made: no chosen site could be swapped or re-initialised."""

@@ -64,7 +64,7 @@ def test_progress_in_a_log_is_a_plain_line(
     assert lines == ["scanning mlp.pt: batch 1 of 2 (0 s)", "scanning mlp.pt: batch 2 of 2 (0 s)"]
 
 
-@pytest.mark.parametrize("command", ["scan"])
+@pytest.mark.parametrize("command", ["scan", "fix"])
 def test_every_command_help_ends_with_examples(command: str) -> None:
     text = ok(run(command, "--help")).stdout.rstrip()
     tail = text.split("Examples:")[-1].strip().splitlines()

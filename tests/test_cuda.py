@@ -56,3 +56,15 @@ def test_cuda_model_is_scanned_where_it_is() -> None:
     assert report.device.startswith("cuda")
     assert next(model.parameters()).is_cuda
     assert report.dead_units == 5
+
+
+def test_cuda_repair_keeps_the_function_and_the_device() -> None:
+    model = _planted_cnn().cuda()
+    data = torch.randn(64, 3, 8, 8)
+    fixed, proof = relu_doctor.repair(model, data, to="reinit", sites="all", batch_size=16)
+    assert next(fixed.parameters()).is_cuda and next(model.parameters()).is_cuda
+    assert [s.dead for s in proof.sites] == [(2, 0), (3, 0)]
+    with torch.no_grad():
+        x = torch.randn(64, 3, 8, 8, device="cuda")
+        before, after = model(x), fixed(x)
+    assert float((before - after).abs().max()) <= 1e-5 * float(before.abs().max())

@@ -126,3 +126,52 @@ def test_golden_outputs(
             mismatched.append(suffix)
             (tmp_path / f"actual.{suffix}").write_text(actual, encoding="utf-8")
     assert not mismatched, f"{case}: {mismatched} differ from tests/golden (actual in {tmp_path})"
+
+
+#: ``relu-doctor fix`` cases: (model arguments, options); the repaired model goes to
+#: ``fixed.pt`` in a temporary folder, the report to the pinned files.
+FIX_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "fix_sample_dying_reinit": (
+        ["{sample:textbook_dying.pt}"],
+        ["--to", "reinit", "--data", "{sample:textbook_data.pt}", "--batches", "4"],
+    ),
+    "fix_sample_cnn_reinit": (["{sample:cnn_dead.pt}"], ["--to", "reinit"]),
+    "fix_planted_deep_leaky": (["{planted:deep}"], ["--to", "leaky_relu", "--sites", "all"]),
+    "fix_planted_healthy": (["{planted:healthy}"], ["--to", "reinit"]),
+}
+FIX_OUTPUTS = ("proof.txt", "proof.json", "proof.md")
+
+
+@pytest.mark.parametrize("case", sorted(FIX_CASES))
+def test_golden_fix_reports(
+    case: str,
+    planted_models: Any,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+    monkeypatch.chdir(Path(__file__).parents[1])
+
+    def sample_dir() -> Path:
+        return Path(request.getfixturevalue("samples"))
+
+    models, extra = FIX_CASES[case]
+    args = [_fill(a, planted_models, sample_dir) for a in models + extra]
+    reports = [tmp_path / f"{case}.{suffix}" for suffix in FIX_OUTPUTS]
+    opts = [o for r in reports for o in ("--report", str(r))]
+    out = ["-o", str(tmp_path / "fixed.pt")]
+    result = CliRunner().invoke(main, ["fix", *args, *out, *opts], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    mismatched = []
+    for path in reports:
+        actual = path.read_text(encoding="utf-8")
+        golden = GOLDEN / path.name
+        if UPDATE:
+            golden.write_text(actual, encoding="utf-8")
+            continue
+        assert golden.exists(), f"no golden file {golden.name}; set RELU_DOCTOR_UPDATE_GOLDEN=1"
+        if not same_text(actual, golden.read_text(encoding="utf-8")):
+            mismatched.append(path.name)
+            (tmp_path / f"actual.{path.name}").write_text(actual, encoding="utf-8")
+    assert not mismatched, f"{case}: {mismatched} differ from tests/golden (actual in {tmp_path})"

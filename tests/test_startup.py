@@ -34,7 +34,7 @@ for args in {commands!r}:
 print(json.dumps(seen))
 """
 
-COMMANDS = [["--help"], ["--version"], ["scan", "--help"], ["-h"]]
+COMMANDS = [["--help"], ["--version"], ["scan", "--help"], ["fix", "--help"], ["-h"]]
 
 
 @pytest.fixture(scope="module")

@@ -71,9 +71,9 @@ def test_conv_batchnorm_pool_and_what_has_no_layer(grad: bool) -> None:
     assert t["relu#1"].producer is None
     assert t["relu#1"].producer_note.startswith("the pre-activation comes from aten.max_pool2d")
     assert t["relu#1"].consumer == "conv3"  # through a flatten (a view)
-    # act3 feeds h.mean(dim=2): no layer consumes it.
-    assert (t["act3"].producer, t["act3"].consumer) == ("conv3", None)
-    assert t["act3"].consumer_note == "the output is read by aten.mean, not by a layer"
+    # act3 feeds head(h.mean(dim=2)): averaging over positions keeps each channel apart.
+    assert (t["act3"].producer, t["act3"].consumer) == ("conv3", "head")
+    assert t["act3"].via == ("mean",)
 
 
 def test_a_gated_pre_activation_has_no_producing_layer() -> None:
@@ -148,3 +148,34 @@ def test_torchscript_and_export_read_the_same_topology() -> None:
     report = relu_doctor.scan(exported, x, grad=False)
     assert links(report) == expected
     assert {t.producer_kind for t in topo(report).values()} == {"Linear"}
+
+
+class Reductions(nn.Module):
+    """Global average pool of a conv ReLU into a Linear (keeps channels); a mean over the
+    positions of a Linear ReLU on (N, T, F) (keeps features); a mean over the features
+    of another (mixes the units: no consumer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 5)
+        self.seq = nn.Linear(5, 6)
+        self.tok = nn.Linear(6, 2)
+        self.mix = nn.Linear(5, 3)
+        self.last = nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(self.gap(F.relu(self.conv(x))).flatten(1))  # (N, 5)
+        t = h[:, None, :].repeat(1, 7, 1)  # (N, 7, 5)
+        pooled = self.tok(F.relu(self.seq(t)).mean(dim=1))  # features survive: (N, 2)
+        mixed = self.last(F.relu(self.mix(t)).mean(dim=-1))  # features averaged away
+        return pooled.sum(1) + mixed.sum(1)
+
+
+def test_reductions_over_other_dims_keep_the_consumer() -> None:
+    t = topo(relu_doctor.scan(Reductions(), torch.randn(4, 3, 6, 6)))
+    assert (t["relu#1"].producer, t["relu#1"].consumer) == ("conv", "fc")
+    assert t["relu#2"].consumer == "tok" and t["relu#2"].via == ("mean",)
+    assert t["relu#3"].consumer is None
+    assert t["relu#3"].consumer_note == "the output is read by aten.mean, not by a layer"

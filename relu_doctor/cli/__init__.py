@@ -153,3 +153,32 @@ def scan(ctx: click.Context, models: tuple[str, ...], **opts: Any) -> int:
     from relu_doctor.cli.scan import run_scan
 
     return run_scan(list(models), opts)
+
+
+@main.command(
+    cls=options.GroupedCommand,
+    epilog=options.examples(
+        "relu-doctor fix model.pt --to reinit -o fixed.pt",
+        "relu-doctor fix model.pt --to leaky_relu --sites features.2,features.5 -o fixed.pt",
+        "relu-doctor fix weights.pt --arch mypkg.models:Net --to reinit -o fixed_weights.pt",
+    ),
+)
+@click.argument("model", metavar="MODEL")
+@options.fix_options()
+@options.scan_options("fix")
+@click.pass_context
+def fix(ctx: click.Context, model: str, **opts: Any) -> int:
+    """Repair the dying units of MODEL and prove the repaired model is better, not broken.
+
+    Scans MODEL, repairs the chosen sites on a copy, writes it to OUT in MODEL's form, scans
+    it again on the very same inputs and prints a before/after table: dead, near-dead and
+    gradient-passing units per site, the largest output change, the loss where the data has
+    targets. Nothing to fix: says so, writes nothing, exit 0.
+
+    Exit code 0 when repaired or nothing to fix; 2 on bad input or when no chosen site
+    could be repaired (each with the reason; nothing written).
+    """
+    start(ctx, opts)
+    from relu_doctor.cli.fix import run_fix
+
+    return run_fix(model, opts)

@@ -39,10 +39,10 @@ class Targets:
     view: table.View = field(default_factory=table.View)
 
 
-def targets(opts: dict[str, Any]) -> Targets:
+def targets(opts: dict[str, Any], command: str | None = None) -> Targets:
     """Output formats and files, checked before anything is scanned. ``-o`` may be given
     several times; ``-o -`` is stdout; ``--format`` and an extension that say different
-    things are refused rather than guessed."""
+    things are refused rather than guessed. ``command``: only the formats it writes."""
     fmt = opts.get("fmt")
     stdout: Format | None = None
     files = [*_pictures(opts)]
@@ -52,7 +52,7 @@ def targets(opts: dict[str, Any]) -> Targets:
             continue
         check_writable(out)
         try:
-            by_ext: Format | None = format_for_path(out)
+            by_ext: Format | None = format_for_path(out, command=command)
         except UsageError:
             if fmt is None:
                 raise

@@ -66,6 +66,13 @@ class InputShape(click.ParamType):
         return tuple(int(p) for p in parts)
 
 
+class OneLineChoice(click.Choice):
+    """A choice whose "missing" message fits the one ``Error:`` line."""
+
+    def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
+        return f"Choose from {', '.join(map(str, self.choices))}."
+
+
 def scan_options(command: str) -> Decorator:
     """Everything that loads a model, feeds it and shapes the output."""
     options = [
@@ -130,7 +137,8 @@ def scan_options(command: str) -> Decorator:
             default=0,
             show_default=True,
             group="Inputs",
-            help="Seed of the synthetic inputs.",
+            help="Seed of the synthetic inputs"
+            + (" and of the re-drawn weights." if command == "fix" else "."),
         ),
         _option(
             "--device",
@@ -195,15 +203,44 @@ def scan_options(command: str) -> Decorator:
             group="Output",
             help="Output format [default: table, or from -o's extension].",
         ),
+        _report_option(command),
+    ]
+    options += _scan_views() if command != "fix" else []
+    options += [
         _option(
-            "-o",
-            "--output",
+            "--per-unit",
             metavar="FILE",
-            multiple=True,
             group="Output",
-            help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
-            "still prints. Repeat for several files.",
+            help="Write one row per unit to FILE (.csv .json .md)"
+            + (", of the model before and after the repair." if command == "fix" else "."),
         ),
+        _option(
+            "-q",
+            "--quiet",
+            is_flag=True,
+            group="Output",
+            help="Print nothing on stdout (only write the files).",
+        ),
+        _option(
+            "--debug",
+            is_flag=True,
+            group="Output",
+            callback=_remember_debug,
+            help="Show tracebacks.",
+        ),
+    ]
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _scan_views() -> list[Decorator]:
+    """Pictures and the shape of the table (scan and check; fix prints its own report)."""
+    return [
         _option(
             "--plot",
             metavar="FILE",
@@ -216,12 +253,6 @@ def scan_options(command: str) -> Decorator:
             metavar="FILE",
             group="Output",
             help="Write one self-contained HTML page (opens offline). Needs matplotlib.",
-        ),
-        _option(
-            "--per-unit",
-            metavar="FILE",
-            group="Output",
-            help="Write one row per unit to FILE (.csv .json .md).",
         ),
         _option(
             "--top",
@@ -245,19 +276,83 @@ def scan_options(command: str) -> Decorator:
             help="Table order: network order, most dead first, or by name. Files keep every "
             "site in network order.",
         ),
-        _option(
-            "-q",
-            "--quiet",
-            is_flag=True,
+    ]
+
+
+def _report_option(command: str) -> Decorator:
+    """Where the report goes: ``-o FILE`` for scan and check; ``fix`` writes the repaired
+    model to ``-o`` and its report to ``--report`` (the same ``output`` parameter)."""
+    if command == "fix":
+        return _option(
+            "--report",
+            "output",
+            metavar="FILE",
+            multiple=True,
             group="Output",
-            help="Print nothing on stdout (with -o/--plot/--html: only write the files).",
+            help="Write the before/after report to FILE (.txt .json .md; '-' for stdout); "
+            "the table still prints. Repeat for several files.",
+        )
+    return _option(
+        "-o",
+        "--output",
+        metavar="FILE",
+        multiple=True,
+        group="Output",
+        help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
+        "still prints. Repeat for several files.",
+    )
+
+
+def fix_options() -> Decorator:
+    """What ``fix`` does and where the repaired model goes."""
+    from relu_doctor.fix import TARGETS  # names only: imports nothing heavy
+
+    options = [
+        _option(
+            "-o",
+            "--out",
+            metavar="OUT",
+            required=True,
+            group="Repair",
+            help="Write the repaired model to OUT, in the input's form (a pickle stays a "
+            "pickle, a state dict a state dict).",
         ),
         _option(
-            "--debug",
+            "--to",
+            type=OneLineChoice(TARGETS),
+            required=True,
+            group="Repair",
+            help="Swap the ReLU for an activation that passes gradient, or reinit: "
+            "re-draw the dead units' incoming weights and zero their outgoing ones (ReDo).",
+        ),
+        _option(
+            "--sites",
+            metavar="NAME,...|all",
+            group="Repair",
+            help="Sites to repair [default: the sites check flags: a site more than 50% "
+            "dead, or every site with dead units when the model is more than 10% dead].",
+        ),
+        _option(
+            "--slope",
+            type=float,
+            default=0.01,
+            show_default=True,
+            group="Repair",
+            help="Negative slope of leaky_relu, initial slope of prelu.",
+        ),
+        _option(
+            "--alpha",
+            type=float,
+            default=1.0,
+            show_default=True,
+            group="Repair",
+            help="alpha of elu.",
+        ),
+        _option(
+            "--force",
             is_flag=True,
-            group="Output",
-            callback=_remember_debug,
-            help="Show tracebacks.",
+            group="Repair",
+            help="Allow OUT to be the input file (overwrite it).",
         ),
     ]
 

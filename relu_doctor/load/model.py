@@ -40,7 +40,7 @@ from relu_doctor.load.state_dict import ARCH_HINT as _ARCH
 from relu_doctor.load.state_dict import WEIGHT_KEYS, describe, find_weights, fit
 from relu_doctor.load.verify import unverifiable, verify_zip
 
-__all__ = ["WEIGHT_KEYS", "LoadedModel", "load_model", "trust_from_env"]
+__all__ = ["WEIGHT_KEYS", "LoadedModel", "file_format", "load_model", "trust_from_env"]
 
 TRUST_ENV = "RELU_DOCTOR_TRUST"
 _FORMATS = "expected a torch.save file, TorchScript, .pt2 or .safetensors"
@@ -154,6 +154,11 @@ def _load_safetensors(path: Path, spec: str, dev: torch.device) -> dict[str, tor
         return dict(load_file(str(path), device=str(dev)))
     except Exception as exc:
         raise unreadable(spec, exc) from exc
+
+
+def file_format(spec: str) -> _Format:
+    """How a model file is stored, from its content (see the module docstring)."""
+    return _sniff(Path(spec), spec)
 
 
 def _sniff(path: Path, spec: str) -> _Format:

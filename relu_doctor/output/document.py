@@ -23,11 +23,13 @@ class Failure:
 class Document:
     """Everything one command produced: per model a report or a failure, in order, and the
     command line that produced them; ``findings`` (model name -> findings) when the command
-    judged them."""
+    judged them; ``proof`` (a ``fix.proof.FixReport``) when it repaired one, its items then
+    being the model before and after."""
 
     items: tuple[ModelReport | Failure, ...]
     command: str = ""
     findings: Mapping[str, Sequence[Any]] | None = field(default=None)
+    proof: Any = None
 
     @property
     def reports(self) -> tuple[ModelReport, ...]:

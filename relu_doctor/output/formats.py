@@ -24,6 +24,7 @@ Emitter = Callable[["Document"], "str | bytes"]
 @dataclass(frozen=True)
 class Format:
     """One output format. ``units``: the per-unit dump in this format, if it has one;
+    ``fix``: the repair report (``Document.proof``) in this format, if it has one;
     ``stdout``: it can be printed (a ``--format`` choice); ``commands``: where it applies."""
 
     name: str
@@ -40,6 +41,8 @@ class Format:
             from relu_doctor.output.plots import require_matplotlib
 
             require_matplotlib()
+
+    fix: Emitter | None = None
 
 
 FORMATS: Registry[Format] = Registry("output format")
@@ -58,14 +61,20 @@ def stdout_formats(command: str = "scan") -> list[str]:
     return [f.name for f in FORMATS.values() if f.stdout and command in f.commands]
 
 
-def format_for_path(path: str, option: str = "output", units: bool = False) -> Format:
+def format_for_path(
+    path: str, option: str = "output", units: bool = False, command: str | None = None
+) -> Format:
     """The format a file name asks for (``report.json`` -> json); ``units`` for the per-unit
-    dump, which only some formats have."""
+    dump, which only some formats have; ``command``: only the formats it writes."""
     suffix = Path(path).suffix.lower()
+
+    def fits(f: Format) -> bool:
+        return (f.units is not None or not units) and (command is None or command in f.commands)
+
     for fmt in FORMATS.values():
-        if suffix in fmt.extensions and (fmt.units is not None or not units):
+        if suffix in fmt.extensions and fits(fmt):
             return fmt
-    allowed = [e for f in FORMATS.values() if f.units or not units for e in f.extensions[:1]]
+    allowed = [e for f in FORMATS.values() if fits(f) for e in f.extensions[:1]]
     hint = f", or pass {param('fmt')}" if option == "output" else ""
     raise UsageError(
         f"{param(option)} {path}: cannot tell the format from the extension; "
@@ -92,11 +101,28 @@ def _lazy(module: str, name: str) -> Emitter:
     return emit
 
 
-register(Format("table", (".txt",), _table))
+_FIX = ("scan", "check", "fix")
+register(Format("table", (".txt",), _table, commands=_FIX, fix=_lazy("proof_emit", "text")))
 register(Format("csv", (".csv",), _lazy("csv_emit", "sites"), _lazy("csv_emit", "units")))
-register(Format("json", (".json",), _lazy("json_emit", "sites"), _lazy("json_emit", "units")))
 register(
-    Format("markdown", (".md", ".markdown"), _lazy("markdown", "sites"), _lazy("markdown", "units"))
+    Format(
+        "json",
+        (".json",),
+        _lazy("json_emit", "sites"),
+        _lazy("json_emit", "units"),
+        commands=_FIX,
+        fix=_lazy("proof_emit", "json_text"),
+    )
+)
+register(
+    Format(
+        "markdown",
+        (".md", ".markdown"),
+        _lazy("markdown", "sites"),
+        _lazy("markdown", "units"),
+        commands=_FIX,
+        fix=_lazy("proof_emit", "markdown"),
+    )
 )
 register(Format("html", (".html", ".htm"), _lazy("html", "page"), picture=True))
 for _name in ("png", "svg", "pdf"):

@@ -11,8 +11,9 @@ dispatch mode, so eager models, TorchScript and export programs are read the sam
   copies keep the origin of their input;
 - an activation's input names its producer by that label;
 - an activation's output is watched: views and channel-preserving ops (pooling, dropout,
-  flatten) pass the watch on, and every other op that reads it is a consumer. A site has a
-  consumer only when exactly one layer reads it and nothing else does.
+  flatten, and a mean/sum/max over dims that are neither the samples nor the units, e.g. a
+  global average pool) pass the watch on, and every other op that reads it is a consumer.
+  A site has a consumer only when exactly one layer reads it and nothing else does.
 
 Tensors are matched by storage address; every op output overwrites the label at its address,
 so a freed and reused address never carries a stale label.
@@ -75,6 +76,9 @@ _CHANNEL_PRESERVING = frozenset(
     }
 )
 _LAYER_OPS = frozenset({"addmm", "mm", "linear", "matmul", "bmm", "baddbmm"})
+#: Reductions that keep each unit in its own place when they reduce neither dim 0 nor the
+#: units' dim (channels after a Conv, the last dim after a Linear).
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
 
 
 def _is_layer_op(name: str) -> bool:
@@ -183,6 +187,8 @@ class TopologyTracker:
         params = [o for t in inputs if (p := _ptr(t)) is not None and (o := self._owner.get(p))]
         outs = list(_tensors(out if isinstance(out, (tuple, list)) else (out,)))
         passes = name in _VIEWS or name in _CHANNEL_PRESERVING
+        if not passes and name in _REDUCTIONS and watched:
+            passes = self._keeps_units(watched[0][1].key, args)
         for _, w in watched:
             if passes:
                 continue
@@ -202,6 +208,22 @@ class TopologyTracker:
             w = watched[0][1]
             step = () if name in _VIEWS else (name,)
             self._watch[ptr] = _Watch(w.key, w.via + step)
+
+    def _keeps_units(self, key: SiteKey, args: tuple[Any, ...]) -> bool:
+        """Does a reduction leave the site's units where they are? Only when it names its
+        dims, and they include neither the samples nor the units (dim 1 after a Conv, the
+        last dim after a Linear)."""
+        producer = self._producers.get(key)
+        kind = producer.producer_kind if producer is not None else None
+        if kind is None or len(args) < 2 or not isinstance(args[0], torch.Tensor):
+            return False
+        ndim, dims = args[0].dim(), args[1]
+        dims = [dims] if isinstance(dims, int) else dims
+        if not isinstance(dims, (list, tuple)) or not dims or ndim < 2:
+            return False
+        unit = 1 if "Conv" in kind else ndim - 1
+        reduced = {int(d) % ndim for d in dims}
+        return 0 not in reduced and unit not in reduced
 
     def before_activation(self, key: SiteKey, x: torch.Tensor) -> None:
         if key in self._producers:
