@@ -111,7 +111,7 @@ def text(doc: Document) -> str:
     """The terminal view without colours, at a fixed width (``--report fix.txt``)."""
     console = Console(record=True, width=PLAIN_WIDTH, color_system=None, file=io.StringIO())
     console.print(proof_view(_proof(doc)))
-    return console.export_text()
+    return "\n".join(line.rstrip() for line in console.export_text().split("\n"))
 
 
 def json_text(doc: Document) -> str:
