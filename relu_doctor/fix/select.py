@@ -28,22 +28,25 @@ class Selection:
 
 
 def flagged(report: ModelReport) -> tuple[list[SiteReport], str]:
-    """The sites the health gate flags, and a sentence saying why (or why none).
+    """The sites the health gate (``relu_doctor.check``, rules RD101 dead site and RD102
+    dead model, default thresholds) flags, and a sentence saying why (or why none)."""
+    from relu_doctor.gate.judge import check
 
-    TODO(check): the one place to switch to ``relu_doctor.check.gate.check(report)`` when
-    it lands: the sites of its findings that have dead units.
-    """
+    findings = check(report, select=["RD101", "RD102"])
     dying = [s for s in report.counted_sites if s.dead]
-    over = [s for s in dying if s.dead_fraction > MAX_LAYER_DEAD]
-    model = report.dead_fraction
-    if model > MAX_DEAD:
-        return dying, f"the model is {model:.1%} dead (limit {MAX_DEAD:.0%})"
+    model = next((f for f in findings if f.rule == "RD102"), None)
+    if model is not None and model.value is not None and model.threshold is not None:
+        return dying, f"the model is {model.value:.1%} dead (limit {model.threshold:.0%})"
+    over = {f.site for f in findings if f.rule == "RD101"}
     if over:
-        names = ", ".join(s.site for s in over)
-        return over, f"more than {MAX_LAYER_DEAD:.0%} of {names} is dead"
+        sites = [s for s in dying if s.site in over]
+        limit = next(f.threshold for f in findings if f.rule == "RD101")
+        names = ", ".join(s.site for s in sites)
+        return sites, f"more than {limit:.0%} of {names} is dead"
     return [], (
         f"nothing to fix: {report.dead_units} of {report.total_units} ReLU units dead "
-        f"({model:.1%}, limit {MAX_DEAD:.0%}) and no site more than {MAX_LAYER_DEAD:.0%} dead"
+        f"({report.dead_fraction:.1%}, limit {MAX_DEAD:.0%}) and no site more than "
+        f"{MAX_LAYER_DEAD:.0%} dead"
     )
 
 
