@@ -5,7 +5,7 @@ outputs, and turn failures into the exit code."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from relu_doctor.device import resolve_device
 from relu_doctor.errors import ReluDoctorError, UsageError, param
 from relu_doctor.load import specs
 from relu_doctor.load.data import batch_factory
-from relu_doctor.load.model import load_model, trust_from_env
+from relu_doctor.load.model import LoadedModel, load_model, trust_from_env
 from relu_doctor.output import table
 from relu_doctor.output.document import Document, Failure
 from relu_doctor.output.files import check_writable, write_atomic
@@ -38,10 +38,10 @@ class Targets:
     units: tuple[str, Format] | None
 
 
-def targets(opts: dict[str, Any]) -> Targets:
+def targets(opts: dict[str, Any], command: str = "scan") -> Targets:
     """Output formats and files, checked before anything is scanned. ``-o`` may be given
     several times; ``-o -`` is stdout; ``--format`` and an extension that say different
-    things are refused rather than guessed."""
+    things are refused rather than guessed; extensions name ``command``'s formats only."""
     fmt = opts.get("fmt")
     stdout: Format | None = None
     files = []
@@ -51,7 +51,7 @@ def targets(opts: dict[str, Any]) -> Targets:
             continue
         check_writable(out)
         try:
-            by_ext: Format | None = format_for_path(out)
+            by_ext: Format | None = format_for_path(out, command=command)
         except UsageError:
             if fmt is None:
                 raise
@@ -91,9 +91,18 @@ def check_models(models: Sequence[str]) -> None:
         )
 
 
-def scan_models(models: Sequence[str], opts: dict[str, Any]) -> list[ModelReport | Failure]:
+#: Called with each MODEL argument, its loaded model and its report, while the model is
+#: still in memory.
+AfterScan = Callable[[str, LoadedModel, ModelReport], None]
+
+
+def scan_models(
+    models: Sequence[str], opts: dict[str, Any], after: AfterScan | None = None
+) -> list[ModelReport | Failure]:
     """Load and scan each model with the command's options, on the very same inputs; a model
-    that fails becomes a ``Failure`` in its place (one model alone raises, as before)."""
+    that fails becomes a ``Failure`` in its place (one model alone raises, as before).
+    ``after`` sees each loaded model with its report (``check`` reads weights there, so
+    nothing is loaded twice); an error it raises counts as that model's failure."""
     check_batch_args(opts["batch_size"], opts.get("batches"))
     check_models(models)
     trust = bool(opts.get("trust")) or trust_from_env()
@@ -103,7 +112,7 @@ def scan_models(models: Sequence[str], opts: dict[str, Any]) -> list[ModelReport
     items: list[ModelReport | Failure] = []
     for spec in models:
         try:
-            items.append(_scan_one(spec, opts, trust, device, names, fresh, len(models)))
+            items.append(_scan_one(spec, opts, trust, device, names, fresh, len(models), after))
         except ReluDoctorError as exc:
             if len(models) == 1:
                 raise
@@ -119,6 +128,7 @@ def _scan_one(
     names: dict[str, str],
     fresh: Any,
     count: int,
+    after: AfterScan | None = None,
 ) -> ModelReport:
     loaded = load_model(
         spec,
@@ -129,7 +139,7 @@ def _scan_one(
         strict=opts["strict"],
     )
     with console.progress_bar(f"scanning {loaded.name}") as progress:
-        return scan(
+        report = scan(
             loaded,
             fresh() if fresh is not None else None,
             batch_size=opts["batch_size"],
@@ -146,6 +156,9 @@ def _scan_one(
             name=names[spec] if count > 1 else loaded.name,
             progress=progress,
         )
+    if after is not None:
+        after(spec, loaded, report)
+    return report
 
 
 def write_outputs(doc: Document, where: Targets) -> None:

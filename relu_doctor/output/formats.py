@@ -50,14 +50,17 @@ def stdout_formats(command: str = "scan") -> list[str]:
     return [f.name for f in FORMATS.values() if f.stdout and command in f.commands]
 
 
-def format_for_path(path: str, option: str = "output", units: bool = False) -> Format:
+def format_for_path(
+    path: str, option: str = "output", units: bool = False, command: str | None = None
+) -> Format:
     """The format a file name asks for (``report.json`` -> json); ``units`` for the per-unit
-    dump, which only some formats have."""
+    dump, which only some formats have; ``command``: only its formats (None: any)."""
     suffix = Path(path).suffix.lower()
-    for fmt in FORMATS.values():
+    usable = [f for f in FORMATS.values() if command is None or command in f.commands]
+    for fmt in usable:
         if suffix in fmt.extensions and (fmt.units is not None or not units):
             return fmt
-    allowed = [e for f in FORMATS.values() if f.units or not units for e in f.extensions[:1]]
+    allowed = [e for f in usable if f.units or not units for e in f.extensions[:1]]
     hint = f", or pass {param('fmt')}" if option == "output" else ""
     raise UsageError(
         f"{param(option)} {path}: cannot tell the format from the extension; "
@@ -90,3 +93,6 @@ register(Format("json", (".json",), _lazy("json_emit", "sites"), _lazy("json_emi
 register(
     Format("markdown", (".md", ".markdown"), _lazy("markdown", "sites"), _lazy("markdown", "units"))
 )
+register(Format("github", (), _lazy("check_emit", "github"), commands=("check",)))
+register(Format("junit", (".xml",), _lazy("check_emit", "junit"), commands=("check",)))
+register(Format("sarif", (".sarif",), _lazy("check_emit", "sarif"), commands=("check",)))

@@ -25,6 +25,12 @@ def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 
 
 def sites(doc: Document) -> str:
+    """Per model a summary line and the full site table; a judged document (``check``)
+    gets the job summary of ``check_emit.markdown`` instead."""
+    if doc.findings is not None:
+        from relu_doctor.output.check_emit import markdown
+
+        return markdown(doc)
     cols = list(SITE_COLUMNS)
     out = []
     for r in doc.items:

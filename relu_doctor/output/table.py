@@ -126,12 +126,21 @@ def report_view(report: ModelReport) -> Group:
 
 
 def views(doc: Document) -> list[Any]:
-    """The renderables of a document, models separated by a blank line."""
+    """The renderables of a document, models separated by a blank line; a judged document
+    (``check``) has each model's findings under its table and the verdict at the end."""
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
             out.append(Text())
         out.append(failure_view(item) if isinstance(item, Failure) else report_view(item))
+        if doc.findings is not None and not isinstance(item, Failure):
+            from relu_doctor.output.verdict import findings_view
+
+            out.append(findings_view(doc, item.model))
+    if doc.findings is not None:  # check: thresholds and the verdict close the output
+        from relu_doctor.output.verdict import footer
+
+        out.append(footer(doc))
     return out
 
 
