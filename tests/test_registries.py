@@ -65,10 +65,19 @@ def test_the_table_shows_the_columns_with_a_header() -> None:
 
 
 def test_formats_drive_choices_and_extensions() -> None:
-    assert stdout_formats("scan") == list(FORMATS)
+    assert stdout_formats("scan") == [n for n, f in FORMATS.items() if "scan" in f.commands]
+    assert stdout_formats("check") == list(FORMATS)
+    assert set(stdout_formats("check")) - set(stdout_formats("scan")) == {
+        "github",
+        "junit",
+        "sarif",
+    }
     for fmt in FORMATS.values():
         for ext in fmt.extensions:
             assert format_for_path(f"report{ext.upper()}") is fmt
+            assert format_for_path(f"report{ext}", command="check") is fmt
+    with pytest.raises(relu_doctor.errors.UsageError, match="cannot tell the format"):
+        format_for_path("report.sarif", command="scan")  # a check format: not for scan
     assert format_for_path("u.md", "per_unit", units=True).name == "markdown"
     with pytest.raises(relu_doctor.errors.UsageError, match="cannot tell the format"):
         format_for_path("report.txt", "per_unit", units=True)  # no per-unit table dump
