@@ -21,6 +21,7 @@ from relu_doctor.cli.common import (
     EXIT_UNHEALTHY,
     Targets,
     command_line,
+    display_names,
     exit_code,
     scan_models,
     targets,
@@ -67,6 +68,9 @@ def run_check(ctx: click.Context, models: list[str], opts: dict[str, Any]) -> in
             paths[report.model] = spec
 
     items = scan_models(models, opts, after=judge)
+    for spec, name in display_names(models).items():  # models that could not be scanned
+        if name not in findings and Path(spec).exists():
+            paths[name] = spec
     gate = Gate(
         thresholds={
             name: Threshold(getattr(limits, name), origin(ctx, name)) for name, *_ in THRESHOLDS
