@@ -28,6 +28,7 @@ from relu_doctor.gate.weights import (
     fold_batchnorm,
     producers,
     weight_findings,
+    zero_rows,
 )
 from tests.fixtures import trained
 from tests.fixtures.gate_reports import load_planted, scan_planted
@@ -55,6 +56,9 @@ def test_torch_inputs_of_any_dtype_and_with_grad() -> None:
         layer.weight[0] = 0
         layer.bias[0] = -1
     assert dead_by_construction(layer.weight, layer.bias).tolist() == [True, False]
+    w = torch.tensor([[0.0, float("nan")], [0.0, -0.0], [1e-45, 0.0]])
+    assert zero_rows(w).tolist() == [False, True, False]  # compared in torch
+    assert zero_rows(w.tolist()).tolist() == [False, True, False]  # and in numpy
 
 
 def test_bad_shapes_are_refused() -> None:

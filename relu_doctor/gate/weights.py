@@ -75,11 +75,24 @@ def _vector(x: Any, n: int, default: float, name: str) -> NDArray[np.float64]:
     return v
 
 
+def zero_rows(weight: Any) -> NDArray[np.bool_]:
+    """Per unit: every incoming weight exactly 0 (NaN is not 0). A torch tensor is compared
+    where and as it is: no float64 copy of a large layer, so a check stays cheap."""
+    import numpy as np
+
+    if hasattr(weight, "detach"):
+        w = weight.detach()
+        if w.dim() == 0:
+            raise ValueError("weight must have the units along dim 0, got a scalar")
+        return np.asarray((~w.reshape(w.shape[0], -1).any(dim=1)).cpu().numpy(), dtype=bool)
+    return np.asarray((_rows(weight) == 0).all(axis=1), dtype=bool)
+
+
 def dead_by_construction(weight: Any, bias: Any = None) -> NDArray[np.bool_]:
     """Per unit: all incoming weights exactly 0 and bias <= 0 (None = 0): never fires."""
-    w = _rows(weight)
-    b = _vector(bias, w.shape[0], 0.0, "bias")
-    return (w == 0).all(axis=1) & (b <= 0)
+    zero = zero_rows(weight)
+    b = _vector(bias, zero.shape[0], 0.0, "bias")
+    return zero & (b <= 0)
 
 
 def fold_batchnorm(
@@ -115,13 +128,15 @@ def dead_through_batchnorm(weight: Any, bias: Any, bn: BatchNormParams) -> NDArr
     """
     import numpy as np
 
-    w = _rows(weight)
-    n = w.shape[0]
-    zero = (w == 0).all(axis=1)
+    zero = zero_rows(weight)
+    n = zero.shape[0]
     beta = _vector(bn.beta, n, 0.0, "beta")
-    if bn.running_mean is None or bn.running_var is None:
+    if bn.running_mean is None or bn.running_var is None or not zero.any():
         return zero & (beta < 0)
-    _, folded = fold_batchnorm(w, bias, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps)
+    # Only the bias is folded: the weight rows that matter are zero anyway.
+    _, folded = fold_batchnorm(
+        np.zeros((n, 1)), bias, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps
+    )
     slack = _REL_TOL * (np.abs(beta) + np.abs(folded - beta))
     return zero & (folded < -slack) & (beta < 0)
 
