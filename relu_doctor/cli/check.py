@@ -8,6 +8,7 @@ file and every output path.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def run_check(ctx: click.Context, models: list[str], opts: dict[str, Any]) -> in
         weights = producers(loaded, report) if WEIGHT_RULES & set(rules) else None
         findings[report.model] = check(
             report,
-            **{name: getattr(limits, name) for name, _, _ in THRESHOLDS},
+            **asdict(limits),
             baseline=baseline,
             select=select,
             ignore=ignore,
