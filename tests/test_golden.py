@@ -4,8 +4,8 @@ Each case runs the real command line in-process on a sample model, a planted tes
 a factory from ``tests/fixtures/models.py`` and compares the plain table (``-o x.txt``:
 fixed width, no colour), CSV, JSON, Markdown and the per-unit dump with the files in
 ``tests/golden/``; the ``check`` cases pin its table with findings and verdict, JSON,
-Markdown job summary and GitHub annotation lines. After an intended change of the output, regenerate them on purpose and
-read the diff:
+Markdown job summary and GitHub annotation lines. After an intended change of the output,
+regenerate them on purpose and read the diff:
 
     RELU_DOCTOR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 
