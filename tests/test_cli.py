@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -592,10 +593,24 @@ def test_group_help_lists_every_command_with_help_text() -> None:
 def test_every_command_and_option_has_help() -> None:
     for name, command in main.commands.items():
         r = ok(run(name, "--help"))
-        assert "Usage:" in r.stdout and "MODEL" in r.stdout
+        assert "Usage:" in r.stdout
+        for arg in (p for p in command.params if isinstance(p, click.Argument)):
+            assert arg.metavar and arg.metavar in r.stdout.splitlines()[0], name
         for param in command.params:
             if param.param_type_name == "option":
                 assert getattr(param, "help", None), f"{name} {param.name} has no help"
+
+
+def test_every_help_ends_with_examples_of_its_command() -> None:
+    assert {"scan", "check", "explain", "rules"} <= set(main.commands)
+    group = ok(run("--help")).stdout
+    for name in main.commands:
+        assert f"  {name} " in group, name
+        text = ok(run(name, "--help")).stdout.rstrip()
+        block = text.split("\n\n")[-1].splitlines()
+        assert block[0].strip() == "Examples:", (name, block)
+        assert len(block) > 1
+        assert all(line.strip().startswith(f"relu-doctor {name}") for line in block[1:]), block
 
 
 def test_scan_help_names_the_shared_options() -> None:

@@ -3,8 +3,9 @@
 Each case runs the real command line in-process on a sample model, a planted test model or
 a factory from ``tests/fixtures/models.py`` and compares the plain table (``-o x.txt``:
 fixed width, no colour), CSV, JSON, Markdown and the per-unit dump with the files in
-``tests/golden/``. After an intended change of the output, regenerate them on purpose and
-read the diff:
+``tests/golden/``; the ``check`` cases pin its table with findings and verdict, JSON,
+Markdown job summary and GitHub annotation lines. After an intended change of the output,
+regenerate them on purpose and read the diff:
 
     RELU_DOCTOR_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_golden.py
 
@@ -174,4 +175,50 @@ def test_golden_fix_reports(
         if not same_text(actual, golden.read_text(encoding="utf-8")):
             mismatched.append(path.name)
             (tmp_path / f"actual.{path.name}").write_text(actual, encoding="utf-8")
+    assert not mismatched, f"{case}: {mismatched} differ from tests/golden (actual in {tmp_path})"
+
+
+#: check case -> (planted models, as ``ckpt/NAME.pt`` relative paths, and options).
+CHECK_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "check_deep": (["deep"], ["--batches", "2", "--no-grad"]),
+    "check_three": (
+        ["healthy", "mlp", "all_dead"],
+        ["--batches", "2", "--no-grad", "--max-dead", "0.15", "--max-near-dead", "0.5"],
+    ),
+}
+#: Output of each check case: (suffix, options that write it; None: stdout).
+CHECK_OUTPUTS: dict[str, list[str] | None] = {
+    "check.txt": ["-o", "{out}"],
+    "check.json": ["-o", "{out}"],
+    "check.md": ["-o", "{out}"],
+    "check.github": None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECK_CASES))
+def test_golden_check_outputs(
+    case: str, planted_models: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+    monkeypatch.chdir(tmp_path)  # relative model paths, as in a CI job; no config above
+    (tmp_path / "ckpt").mkdir()
+    names, extra = CHECK_CASES[case]
+    for name in names:
+        (tmp_path / "ckpt" / f"{name}.pt").write_bytes(planted_models[name].path.read_bytes())
+    models = [f"ckpt/{name}.pt" for name in names]
+    mismatched = []
+    for suffix, opts in CHECK_OUTPUTS.items():
+        out = tmp_path / f"{case}.{suffix}"
+        args = ["--format", "github"] if opts is None else [o.format(out=out) for o in opts]
+        result = CliRunner().invoke(main, ["check", *models, *extra, *args], env={"COLUMNS": "100"})
+        assert result.exit_code == 1, (suffix, result.stderr, result.exception)
+        actual = result.stdout if opts is None else out.read_text(encoding="utf-8")
+        golden = GOLDEN / f"{case}.{suffix}"
+        if UPDATE:
+            golden.write_text(actual, encoding="utf-8")
+            continue
+        assert golden.exists(), f"no golden file {golden.name}; set RELU_DOCTOR_UPDATE_GOLDEN=1"
+        if not same_text(actual, golden.read_text(encoding="utf-8")):
+            mismatched.append(suffix)
+            (tmp_path / f"actual.{suffix}").write_text(actual, encoding="utf-8")
     assert not mismatched, f"{case}: {mismatched} differ from tests/golden (actual in {tmp_path})"

@@ -67,9 +67,17 @@ def test_the_table_shows_the_columns_with_a_header() -> None:
 def test_formats_drive_choices_and_extensions() -> None:
     assert {"table", "csv", "json", "markdown", "html"} <= set(stdout_formats("scan"))
     assert not {"png", "svg", "pdf"} & set(stdout_formats("scan"))  # bytes: files only
+    assert set(stdout_formats("check")) - set(stdout_formats("scan")) == {
+        "github",
+        "junit",
+        "sarif",
+    }
     for fmt in FORMATS.values():
         for ext in fmt.extensions:
             assert format_for_path(f"report{ext.upper()}") is fmt
+            assert format_for_path(f"report{ext}", command="check") is fmt
+    with pytest.raises(relu_doctor.errors.UsageError, match="cannot tell the format"):
+        format_for_path("report.sarif", command="scan")  # a check format: not for scan
     assert format_for_path("u.md", "per_unit", units=True).name == "markdown"
     with pytest.raises(relu_doctor.errors.UsageError, match="cannot tell the format"):
         format_for_path("report.txt", "per_unit", units=True)  # no per-unit table dump

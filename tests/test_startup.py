@@ -1,4 +1,5 @@
-"""`relu-doctor --help` and `--version` stay instant: they must not import torch or pandas.
+"""`relu-doctor --help`, `--version`, `rules` and `explain` stay instant: they must not import
+torch or pandas.
 
 Each check runs in a fresh interpreter (this test process has torch loaded already): it
 imports the CLI, runs a command in-process and reports which heavy modules got imported.
@@ -34,7 +35,17 @@ for args in {commands!r}:
 print(json.dumps(seen))
 """
 
-COMMANDS = [["--help"], ["--version"], ["scan", "--help"], ["fix", "--help"], ["-h"]]
+COMMANDS = [
+    ["--help"],
+    ["--version"],
+    ["scan", "--help"],
+    ["fix", "--help"],
+    ["-h"],
+    ["check", "--help"],
+    ["explain", "RD101"],
+    ["rules"],
+    ["rules", "--format", "json"],
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Data-free verdicts from weights (RD401 dead by construction, RD402 BatchNorm-predicted
-dead): the pure functions on hand-made numbers, the producers of ``nn.Sequential`` chains,
-and the BatchNorm prediction against channels measured dead on CNNs trained in the test."""
+dead): the pure functions on hand-made numbers, the producers read from the scan's topology
+(eager, TorchScript, export), and the BatchNorm prediction against channels measured dead on
+CNNs trained in the test."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import relu_doctor
@@ -24,8 +26,9 @@ from relu_doctor.gate.weights import (
     dead_by_construction,
     dead_through_batchnorm,
     fold_batchnorm,
-    sequential_producers,
+    producers,
     weight_findings,
+    zero_rows,
 )
 from tests.fixtures import trained
 from tests.fixtures.gate_reports import load_planted, scan_planted
@@ -53,6 +56,9 @@ def test_torch_inputs_of_any_dtype_and_with_grad() -> None:
         layer.weight[0] = 0
         layer.bias[0] = -1
     assert dead_by_construction(layer.weight, layer.bias).tolist() == [True, False]
+    w = torch.tensor([[0.0, float("nan")], [0.0, -0.0], [1e-45, 0.0]])
+    assert zero_rows(w).tolist() == [False, True, False]  # compared in torch
+    assert zero_rows(w.tolist()).tolist() == [False, True, False]  # and in numpy
 
 
 def test_bad_shapes_are_refused() -> None:
@@ -118,34 +124,92 @@ def test_bn_prediction_on_hand_made_numbers() -> None:
     assert BN_K == 10.0
 
 
-# --- producers of nn.Sequential chains -------------------------------------------------------
+# --- producers from the topology -------------------------------------------------------------
 
 
-def test_sequential_producers_pairs_exactly_what_feeds_each_relu() -> None:
+class _Mixed(nn.Module):
+    """Functional ReLUs after a Linear, a Conv + BatchNorm, a transposed conv + BatchNorm, a
+    sum, and a LeakyReLU (which the weight rules do not judge)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.block = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 8, 1), bn=nn.BatchNorm2d(8)))
+        self.up = nn.ConvTranspose2d(8, 8, 1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(48, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.fc(x))
+        c = torch.relu(self.block(h.view(-1, 1, 2, 3)))
+        t = F.relu(self.bn2(self.up(c)))
+        s = F.relu(t + c)
+        return F.leaky_relu(self.head(s.flatten(1)))
+
+
+def _mixed_producers(model: Any, x: torch.Tensor) -> dict[str, Producer]:
+    return producers(model, relu_doctor.scan(model, x, grad=False))
+
+
+def test_producers_come_from_the_topology_of_the_scan() -> None:
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    prods = _mixed_producers(model, torch.randn(8, 4))
+    assert sorted(prods) == ["relu#1", "relu#2", "relu#3"]  # not the sum (#4), not leaky
+    assert (prods["relu#1"].layer, prods["relu#1"].batchnorm) == ("fc", None)
+    assert prods["relu#1"].weight is model.fc.weight and prods["relu#1"].bias is model.fc.bias
+    conv = prods["relu#2"]
+    assert conv.layer == "block.conv" and conv.weight is model.block.conv.weight
+    assert conv.batchnorm is not None and conv.batchnorm.name == "block.bn"
+    assert conv.batchnorm.beta is model.block.bn.bias
+    assert conv.batchnorm.running_var is model.block.bn.running_var
+    up = prods["relu#3"]  # a transposed conv's rows are not its units: the BatchNorm only
+    assert up.layer is None and up.weight is None
+    assert up.batchnorm is not None and up.batchnorm.name == "bn2"
+
+
+def _values(prods: dict[str, Producer]) -> dict[str, tuple[Any, ...]]:
+    def arr(x: Any) -> Any:
+        return None if x is None else x.detach().tolist()
+
+    out = {}
+    for site, p in prods.items():
+        bn = p.batchnorm
+        bn_values = None if bn is None else (bn.name, arr(bn.gamma), arr(bn.beta), bn.eps)
+        out[site] = (p.layer, arr(p.weight), arr(p.bias), bn_values)
+    return out
+
+
+def test_producers_of_torchscript_and_export_programs() -> None:
+    """The same producers, with the same numbers, whichever way the model runs."""
+    torch.manual_seed(0)
     model = nn.Sequential(
         OrderedDict(
-            act0=nn.ReLU(),  # first child: its input comes from outside, skipped
-            fc=nn.Linear(4, 6),
-            act1=nn.ReLU(),
-            block=nn.Sequential(nn.Conv2d(6, 8, 1), nn.BatchNorm2d(8), nn.ReLU6()),
-            pool=nn.MaxPool2d(1),
-            act2=nn.ReLU(),  # after a pool: no producer
-            inner=nn.Sequential(nn.BatchNorm1d(3), nn.ReLU()),
+            conv=nn.Conv2d(3, 8, 3),
+            bn=nn.BatchNorm2d(8),
+            act=nn.ReLU(),
+            flat=nn.Flatten(),
+            fc=nn.Linear(8 * 6 * 6, 5),
+            act2=nn.ReLU(),
         )
-    )
-    prods = sequential_producers(model)
-    assert sorted(prods) == ["act1", "block.2", "inner.1"]
-    assert prods["act1"].layer == "fc" and prods["act1"].batchnorm is None
-    assert prods["act1"].weight is model.fc.weight
-    block = prods["block.2"]
-    assert (block.layer, block.batchnorm and block.batchnorm.name) == ("block.0", "block.1")
-    inner = prods["inner.1"]
-    assert inner.layer is None and inner.weight is None and inner.batchnorm is not None
+    ).eval()
+    with torch.no_grad():
+        model.bn.bias[[2, 5]] = -1e4
+    x = torch.randn(4, 3, 8, 8)
+    eager = _values(_mixed_producers(model, x))
+    assert sorted(eager) == ["act", "act2"]
+    assert _values(_mixed_producers(torch.jit.script(model), x)) == eager
+    exported = torch.export.export(model, (x,))
+    assert _values(_mixed_producers(exported, x)) == eager  # its BatchNorm keeps no eps: 1e-5
+    report = relu_doctor.scan(exported, x, grad=False)
+    found = check(report, producers=producers(exported, report), max_dead=1, max_layer_dead=1)
+    assert [(f.rule, f.site, f.value) for f in found] == [("RD402", "act", 2.0)]
 
 
 def test_planted_units_are_found_from_the_weights(planted_models: PlantedModels) -> None:
-    report = scan_planted(planted_models, "deep")
-    found = check(report, producers=sequential_producers(load_planted(planted_models, "deep")))
+    model = load_planted(planted_models, "deep")
+    report = relu_doctor.scan(model, batches=2, grad=False, name="deep")
+    found = check(report, producers=producers(model, report))
     rd401 = [f for f in found if f.rule == "RD401"]
     assert [(f.site, f.value, f.severity) for f in rd401] == [
         ("act1", 3.0, "warning"),
@@ -156,9 +220,9 @@ def test_planted_units_are_found_from_the_weights(planted_models: PlantedModels)
         "is <= 0 (units 0, 3, 7; the scan measured 3 dead)"
     )
     assert check(report) == [f for f in found if f.rule != "RD401"]  # no producers: skipped
+    healthy_model = load_planted(planted_models, "healthy")
     healthy = scan_planted(planted_models, "healthy")
-    producers = sequential_producers(load_planted(planted_models, "healthy"))
-    assert weight_findings(healthy, producers) == []
+    assert weight_findings(healthy, producers(healthy_model, healthy)) == []
 
 
 def test_producers_that_do_not_fit_the_site_are_ignored(planted_models: PlantedModels) -> None:
@@ -186,7 +250,7 @@ def _planted_bn_cnn() -> nn.Sequential:
 def test_planted_batchnorm_channels() -> None:
     model = _planted_bn_cnn()
     report = relu_doctor.scan(model, grad=False, name="cnn", batches=2)
-    found = check(report, producers=sequential_producers(model), max_dead=1, max_layer_dead=1)
+    found = check(report, producers=producers(model, report), max_dead=1, max_layer_dead=1)
     assert [(f.rule, f.value) for f in found] == [("RD401", 1.0), ("RD402", 2.0)]
     assert found[0].message == (
         "act: 1 of 8 units can never fire: their rows of conv are all zero and bn maps the "
@@ -226,9 +290,10 @@ def test_bn_prediction_has_no_false_positives_on_trained_nets(
         model = trained.train(seed, config)
         measured = trained.measure_dead(model, held_out)
         report = relu_doctor.scan(model, held_out, grad=False, name=f"{config}-{seed}")
-        producers = sequential_producers(model)
-        findings = {f.site: f for f in weight_findings(report, producers) if f.rule == "RD402"}
-        for site, prod in producers.items():
+        prods = producers(model, report)
+        assert sorted(prods) == ["act1", "act2"]
+        findings = {f.site: f for f in weight_findings(report, prods) if f.rule == "RD402"}
+        for site, prod in prods.items():
             assert prod.batchnorm is not None
             pred = torch.from_numpy(bn_predicted_dead(prod.batchnorm.gamma, prod.batchnorm.beta))
             dead = measured[site]
@@ -246,5 +311,5 @@ def test_bn_prediction_has_no_false_positives_on_trained_nets(
     assert dead_total > 0 and predicted_total > 0  # the nets did die, and some were seen
 
 
-def test_no_producers_for_what_is_not_a_module() -> None:
-    assert sequential_producers(object()) == {}
+def test_no_producers_for_what_is_not_a_module(planted_models: PlantedModels) -> None:
+    assert producers(object(), scan_planted(planted_models, "mlp")) == {}

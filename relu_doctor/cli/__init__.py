@@ -17,6 +17,7 @@ from click.core import ParameterSource
 
 from relu_doctor import __version__
 from relu_doctor.cli import options
+from relu_doctor.cli.check_options import check_options
 from relu_doctor.cli.config import Config, check_keys, defaults_for, read_config
 from relu_doctor.errors import ReluDoctorError
 
@@ -99,6 +100,8 @@ def main(ctx: click.Context) -> None:
       relu-doctor scan model.pt
       relu-doctor scan model.pt --input-shape 3,32,32 --format json -o report.json
       relu-doctor scan weights.pt --arch mypkg.models:Net --data batches.pt
+      relu-doctor check ckpt_*.pt --max-dead 0.05 --junit junit.xml
+      relu-doctor explain RD101
 
     Defaults for every option can be set in [tool.relu-doctor] of the nearest pyproject.toml.
     """
@@ -182,3 +185,92 @@ def fix(ctx: click.Context, model: str, **opts: Any) -> int:
     from relu_doctor.cli.fix import run_fix
 
     return run_fix(model, opts)
+
+
+@main.command(
+    cls=options.GroupedCommand,
+    epilog="""\b
+Examples:
+  relu-doctor check model.pt
+  relu-doctor check ckpt_*.pt --max-dead 0.05 --max-layer-dead 0.3
+  relu-doctor check model.pt --baseline last_good.json --write-baseline next.json
+  relu-doctor check model.pt --junit junit.xml --sarif relu.sarif -o summary.md
+  relu-doctor check model.pt --format github --ignore RD4""",
+)
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@options.scan_options("check")
+@check_options()
+@click.pass_context
+def check(ctx: click.Context, models: tuple[str, ...], **opts: Any) -> int:
+    """Gate MODEL(s) for CI: scan each like `scan`, judge it by the rules, and exit 1 when
+    one is unhealthy.
+
+    The table is followed by each model's findings (rule, site, measured value against its
+    limit, fix) and a verdict line. A finding of severity error (or --fail-on warning) makes
+    a model unhealthy. Rules: `relu-doctor rules`; one rule: `relu-doctor explain RD101`.
+    Thresholds can be set in [tool.relu-doctor] or [tool.relu-doctor.check] of
+    pyproject.toml; the report says where each came from.
+
+    Exit code 0 every model healthy, 1 a model unhealthy, 2 bad input or a model that could
+    not be scanned (2 wins over 1; the other models are still reported).
+    """
+    start(ctx, opts)
+    from relu_doctor.cli.check import run_check
+
+    return run_check(ctx, list(models), opts)
+
+
+class ReferenceCommand(click.Command):
+    """A command that scans nothing and reads no config (``rules``, ``explain``)."""
+
+    configurable = False
+
+
+@main.command(
+    cls=ReferenceCommand,
+    epilog="""\b
+Examples:
+  relu-doctor explain RD101
+  relu-doctor explain dead-model""",
+)
+@click.argument("rule", metavar="RULE")
+@click.pass_context
+def explain(ctx: click.Context, rule: str) -> int:
+    """Explain the rule RULE of `check` (a code like RD101, or a name like dead-site): what
+    it does, why it matters, what to do, its threshold and references.
+
+    Exit code 0; 2 for an unknown rule.
+    """
+    RUNNING["ctx"] = ctx
+    from relu_doctor.cli.rules import run_explain
+
+    return run_explain(rule)
+
+
+@main.command(
+    cls=ReferenceCommand,
+    epilog="""\b
+Examples:
+  relu-doctor rules
+  relu-doctor rules --format json
+  relu-doctor rules --format markdown > docs/rules.md""",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "markdown"]),
+    default="table",
+    show_default=True,
+    help="table: one line per rule; json: every record; markdown: the docs page.",
+)
+@click.pass_context
+def rules(ctx: click.Context, fmt: str) -> int:
+    """List the rules of `check`: code, name, severity, what it judges (site or model), its
+    threshold option with the default, and a summary.
+
+    Exit code 0.
+    """
+    RUNNING["ctx"] = ctx
+    from relu_doctor.cli.rules import run_rules
+
+    return run_rules(fmt)

@@ -5,7 +5,7 @@ outputs, and turn failures into the exit code."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from relu_doctor.device import resolve_device
 from relu_doctor.errors import ReluDoctorError, UsageError, param
 from relu_doctor.load import specs
 from relu_doctor.load.data import batch_factory
-from relu_doctor.load.model import load_model, trust_from_env
+from relu_doctor.load.model import LoadedModel, load_model, trust_from_env
 from relu_doctor.output import table
 from relu_doctor.output.document import Document, Failure
 from relu_doctor.output.files import check_writable, write_atomic
@@ -39,10 +39,10 @@ class Targets:
     view: table.View = field(default_factory=table.View)
 
 
-def targets(opts: dict[str, Any], command: str | None = None) -> Targets:
+def targets(opts: dict[str, Any], command: str = "scan") -> Targets:
     """Output formats and files, checked before anything is scanned. ``-o`` may be given
     several times; ``-o -`` is stdout; ``--format`` and an extension that say different
-    things are refused rather than guessed. ``command``: only the formats it writes."""
+    things are refused rather than guessed; extensions name ``command``'s formats only."""
     fmt = opts.get("fmt")
     stdout: Format | None = None
     files = [*_pictures(opts)]
@@ -117,9 +117,18 @@ def check_models(models: Sequence[str]) -> None:
         )
 
 
-def scan_models(models: Sequence[str], opts: dict[str, Any]) -> list[ModelReport | Failure]:
+#: Called with each MODEL argument, its loaded model and its report, while the model is
+#: still in memory.
+AfterScan = Callable[[str, LoadedModel, ModelReport], None]
+
+
+def scan_models(
+    models: Sequence[str], opts: dict[str, Any], after: AfterScan | None = None
+) -> list[ModelReport | Failure]:
     """Load and scan each model with the command's options, on the very same inputs; a model
-    that fails becomes a ``Failure`` in its place (one model alone raises, as before)."""
+    that fails becomes a ``Failure`` in its place (one model alone raises, as before).
+    ``after`` sees each loaded model with its report (``check`` reads weights there, so
+    nothing is loaded twice); an error it raises counts as that model's failure."""
     check_batch_args(opts["batch_size"], opts.get("batches"))
     check_models(models)
     trust = bool(opts.get("trust")) or trust_from_env()
@@ -129,7 +138,7 @@ def scan_models(models: Sequence[str], opts: dict[str, Any]) -> list[ModelReport
     items: list[ModelReport | Failure] = []
     for spec in models:
         try:
-            items.append(_scan_one(spec, opts, trust, device, names, fresh, len(models)))
+            items.append(_scan_one(spec, opts, trust, device, names, fresh, len(models), after))
         except ReluDoctorError as exc:
             if len(models) == 1:
                 raise
@@ -145,6 +154,7 @@ def _scan_one(
     names: dict[str, str],
     fresh: Any,
     count: int,
+    after: AfterScan | None = None,
 ) -> ModelReport:
     with console.spinner(f"loading {names[spec]}"):
         loaded = load_model(
@@ -156,7 +166,7 @@ def _scan_one(
             strict=opts["strict"],
         )
     with console.progress_bar(f"scanning {loaded.name}") as progress:
-        return scan(
+        report = scan(
             loaded,
             fresh() if fresh is not None else None,
             batch_size=opts["batch_size"],
@@ -173,6 +183,9 @@ def _scan_one(
             name=names[spec] if count > 1 else loaded.name,
             progress=progress,
         )
+    if after is not None:
+        after(spec, loaded, report)
+    return report
 
 
 def write_outputs(doc: Document, where: Targets) -> None:

@@ -68,7 +68,10 @@ def _name(key: str) -> str:
 
 
 def option_keys(command: click.Command) -> dict[str, str]:
-    """Config key (underscored long option name) -> click parameter name, for ``command``."""
+    """Config key (underscored long option name) -> click parameter name, for ``command``
+    (none for a command marked ``configurable = False``, such as ``rules``)."""
+    if not getattr(command, "configurable", True):
+        return {}
     keys = {}
     for p in command.params:
         if isinstance(p, click.Option) and p.name is not None and p.name not in NEVER:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from relu_doctor.output.formats import stdout_formats
+from relu_doctor.output.formats import FORMATS, stdout_formats
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -28,6 +28,8 @@ class GroupedCommand(click.Command):
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
         for p in self.get_params(ctx):
+            if isinstance(p, click.Argument):  # click >= 8.3 gives arguments a record
+                continue
             record = p.get_help_record(ctx)
             if record is not None:
                 sections.setdefault(getattr(p, "group", "Other"), []).append(record)
@@ -71,6 +73,12 @@ class OneLineChoice(click.Choice):
 
     def get_missing_message(self, param: click.Parameter, ctx: click.Context | None) -> str:
         return f"Choose from {', '.join(map(str, self.choices))}."
+
+
+def _extensions(command: str) -> str:
+    """The file extensions ``-o`` understands for ``command`` (``.csv .json ...``)."""
+    exts = [e for f in FORMATS.values() if command in f.commands for e in f.extensions[:1]]
+    return " ".join(sorted(exts))
 
 
 def scan_options(command: str) -> Decorator:
@@ -298,7 +306,7 @@ def _report_option(command: str) -> Decorator:
         metavar="FILE",
         multiple=True,
         group="Output",
-        help="Write the report to FILE (.csv .json .md .txt; '-' for stdout); the table "
+        help=f"Write the report to FILE ({_extensions(command)}; '-' for stdout); the table "
         "still prints. Repeat for several files.",
     )
 

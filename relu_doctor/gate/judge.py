@@ -82,13 +82,25 @@ def check(
     RD401/RD402, which are skipped without it.
     """
     limits = Limits(max_dead, max_layer_dead, max_near_dead, max_activation, tolerance)
-    rules = RULES.resolve(select, ignore)
-    if select is not None:
-        _require_thresholds(select, limits)
+    rules = resolve_rules(limits, select, ignore)
     base = _baseline_entry(baseline, report) if baseline is not None else None
     ctx = _Context(report, limits, base, producers)
     found = [f for rule in rules for f in _EVALUATORS[rule.code](ctx, rule)]
     return _ordered(found, report, base)
+
+
+def resolve_rules(
+    limits: Limits,
+    select: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+) -> tuple[Rule, ...]:
+    """The rules a ``check`` with these arguments runs, in registry order; a UsageError for
+    an unknown code or a selected rule that could never fire. Callers that judge many
+    reports (the command line) call it once up front, before anything is scanned."""
+    rules = RULES.resolve(select, ignore)
+    if select is not None:
+        _require_thresholds(select, limits)
+    return rules
 
 
 def is_healthy(findings: Iterable[Finding], *, fail_on: Severity = "error") -> bool:

@@ -12,9 +12,9 @@ units) and need no model and no scan, so they are tested on hand-made numbers:
   inputs more than ``k`` running standard deviations above the running mean.
 
 ``Producer`` says what computes a site's pre-activation; ``weight_findings(report,
-producers)`` turns the verdicts into findings next to the measured counts. Finding the
-producer of each site is the topology's job; ``sequential_producers(model)`` does it for
-plain ``nn.Sequential`` chains only, where it is exact.
+producers)`` turns the verdicts into findings next to the measured counts;
+``producers(model, report)`` reads each site's producer from the scan's topology
+(``SiteReport.topology``) and its parameters from the scanned model.
 
 Why ``k = 10`` (``BN_K``): under the running statistics the standardised input is roughly
 N(0, 1) on training-like data, and a Gaussian exceeds 4 sigma on 3e-5 of draws. But a
@@ -30,12 +30,14 @@ hence 10 rather than 8.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
     from numpy.typing import NDArray
 
     from relu_doctor.gate.findings import Finding, ReportLike
@@ -73,11 +75,24 @@ def _vector(x: Any, n: int, default: float, name: str) -> NDArray[np.float64]:
     return v
 
 
+def zero_rows(weight: Any) -> NDArray[np.bool_]:
+    """Per unit: every incoming weight exactly 0 (NaN is not 0). A torch tensor is compared
+    where and as it is: no float64 copy of a large layer, so a check stays cheap."""
+    import numpy as np
+
+    if hasattr(weight, "detach"):
+        w = weight.detach()
+        if w.dim() == 0:
+            raise ValueError("weight must have the units along dim 0, got a scalar")
+        return np.asarray((~w.reshape(w.shape[0], -1).any(dim=1)).cpu().numpy(), dtype=bool)
+    return np.asarray((_rows(weight) == 0).all(axis=1), dtype=bool)
+
+
 def dead_by_construction(weight: Any, bias: Any = None) -> NDArray[np.bool_]:
     """Per unit: all incoming weights exactly 0 and bias <= 0 (None = 0): never fires."""
-    w = _rows(weight)
-    b = _vector(bias, w.shape[0], 0.0, "bias")
-    return (w == 0).all(axis=1) & (b <= 0)
+    zero = zero_rows(weight)
+    b = _vector(bias, zero.shape[0], 0.0, "bias")
+    return zero & (b <= 0)
 
 
 def fold_batchnorm(
@@ -113,13 +128,15 @@ def dead_through_batchnorm(weight: Any, bias: Any, bn: BatchNormParams) -> NDArr
     """
     import numpy as np
 
-    w = _rows(weight)
-    n = w.shape[0]
-    zero = (w == 0).all(axis=1)
+    zero = zero_rows(weight)
+    n = zero.shape[0]
     beta = _vector(bn.beta, n, 0.0, "beta")
-    if bn.running_mean is None or bn.running_var is None:
+    if bn.running_mean is None or bn.running_var is None or not zero.any():
         return zero & (beta < 0)
-    _, folded = fold_batchnorm(w, bias, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps)
+    # Only the bias is folded: the weight rows that matter are zero anyway.
+    _, folded = fold_batchnorm(
+        np.zeros((n, 1)), bias, bn.gamma, bn.beta, bn.running_mean, bn.running_var, bn.eps
+    )
     slack = _REL_TOL * (np.abs(beta) + np.abs(folded - beta))
     return zero & (folded < -slack) & (beta < 0)
 
@@ -184,41 +201,76 @@ class Producer:
     batchnorm: BatchNormParams | None = None
 
 
-def sequential_producers(model: Any) -> dict[str, Producer]:
-    """Producers of the ``nn.ReLU``/``nn.ReLU6`` modules that follow a Linear/Conv and/or a
-    BatchNorm inside a plain ``nn.Sequential`` (where child i's output is child i+1's input,
-    so the pairing is exact), keyed by the ReLU module's path = its site name. Empty for
-    what is not an ``nn.Module`` (a ``torch.export`` program)."""
-    from torch import nn
+#: Layer classes whose ``weight`` rows are the units of their output (a Linear's out
+#: features, a Conv's out channels); export programs keep plain containers, where the
+#: topology names them ``Linear``/``Conv`` from the op. Transposed convs are not here: their
+#: weight is ``(in, out, ...)``.
+_ROW_LAYERS = re.compile(r"(Lazy)?(Linear|Conv[123]d|Conv)")
 
-    if not isinstance(model, nn.Module):
+
+def producers(model: Any, report: ReportLike) -> dict[str, Producer]:
+    """Producer of each ReLU/ReLU6 site of ``report`` whose producing layer the scan's
+    topology found (``SiteReport.topology``: the layer, a BatchNorm folded in between),
+    with that layer's parameters read from ``model``, the very model that was scanned
+    (an ``nn.Module``, TorchScript module, ``ExportedProgram`` or loaded model). Works on
+    any architecture, TorchScript and export programs too, because the topology is read
+    from the ops of the scan's first forward; nothing runs again.
+
+    A site gets no producer when the topology found none (the pre-activation is a sum, a
+    model input...), when the site is not counted (LeakyReLU & co.) or never ran. A layer
+    that is not a Linear/Conv (a transposed conv, a custom module) contributes no weight,
+    but its BatchNorm still feeds RD402. Empty for what is not a model."""
+    module = _module_of(model)
+    if module is None:
         return {}
-    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    modules = dict(module.named_modules())  # also TorchScript, which lacks get_submodule
     out: dict[str, Producer] = {}
-    for path, seq in model.named_modules():
-        if type(seq) is not nn.Sequential:
+    for site in report.sites:
+        topo = getattr(site, "topology", None)
+        if topo is None or topo.producer is None or not (site.counted and site.executed):
             continue
-        kids = list(seq.named_children())
-        for i, (name, child) in enumerate(kids):
-            if not isinstance(child, nn.ReLU | nn.ReLU6) or i == 0:
-                continue
-            prev_name, prev = kids[i - 1]
-            bn = None
-            if isinstance(prev, norms):
-                bn = _bn_params(f"{path}.{prev_name}" if path else prev_name, prev)
-                prev_name, prev = kids[i - 2] if i >= 2 else ("", nn.Identity())
-            site = f"{path}.{name}" if path else name
-            if isinstance(prev, layers):
-                layer = f"{path}.{prev_name}" if path else prev_name
-                out[site] = Producer(layer, prev.weight, prev.bias, bn)
-            elif bn is not None:
-                out[site] = Producer(None, batchnorm=bn)
+        layer = modules.get(topo.producer)
+        weight = getattr(layer, "weight", None)
+        kind = topo.producer_kind or ""
+        bn_module = modules.get(topo.norm) if topo.norm is not None else None
+        bn = _bn_params(topo.norm, bn_module) if bn_module is not None else None
+        if _ROW_LAYERS.fullmatch(kind) and _is_tensor(weight) and len(weight.shape) >= 2:
+            bias = getattr(layer, "bias", None)
+            out[site.site] = Producer(topo.producer, weight, bias if _is_tensor(bias) else None, bn)
+        elif bn is not None:
+            out[site.site] = Producer(None, batchnorm=bn)
     return out
 
 
+def _module_of(model: Any) -> Any:
+    """The ``nn.Module`` that a scan of ``model`` ran (None for what is not a model)."""
+    from relu_doctor.errors import UsageError
+    from relu_doctor.scanner.runner import as_target
+
+    try:
+        return as_target(model).module
+    except UsageError:
+        return None
+
+
+def _is_tensor(x: Any) -> TypeGuard[torch.Tensor]:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
 def _bn_params(name: str, bn: Any) -> BatchNormParams:
-    return BatchNormParams(name, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+    """A BatchNorm's parameters; an export program's container has no ``eps`` (it lives in
+    the graph), so the BatchNorm default 1e-5 stands in (it only nudges RD401's fold)."""
+
+    def get(attr: str) -> Any:
+        value = getattr(bn, attr, None)
+        return value if _is_tensor(value) else None
+
+    eps = getattr(bn, "eps", 1e-5)
+    return BatchNormParams(
+        name, get("weight"), get("bias"), get("running_mean"), get("running_var"), float(eps)
+    )
 
 
 def construction_findings(report: ReportLike, producers: Mapping[str, Producer]) -> list[Finding]:

@@ -127,3 +127,6 @@ register(
 register(Format("html", (".html", ".htm"), _lazy("html", "page"), picture=True))
 for _name in ("png", "svg", "pdf"):
     register(Format(_name, (f".{_name}",), _lazy("plots", _name), stdout=False, picture=True))
+register(Format("github", (), _lazy("check_emit", "github"), commands=("check",)))
+register(Format("junit", (".xml",), _lazy("check_emit", "junit"), commands=("check",)))
+register(Format("sarif", (".sarif",), _lazy("check_emit", "sarif"), commands=("check",)))

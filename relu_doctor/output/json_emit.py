@@ -10,7 +10,8 @@ from relu_doctor.output.document import Document, Failure
 
 def sites(doc: Document) -> str:
     """The report document; a model that could not be scanned is ``{"model", "error"}`` in
-    its place."""
+    its place. A judged document (``check``) adds ``check`` and per model ``findings`` and
+    ``healthy``."""
     data = reports_to_dict(list(doc.reports))
     if doc.failures:
         done = iter(data["models"])
@@ -18,6 +19,10 @@ def sites(doc: Document) -> str:
             {"model": i.model, "error": i.message} if isinstance(i, Failure) else next(done)
             for i in doc.items
         ]
+    if doc.findings is not None:  # check: the verdict, thresholds and findings too
+        from relu_doctor.output.verdict import json_additions
+
+        data = json_additions(data, doc)
     return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
 

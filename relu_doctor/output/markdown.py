@@ -58,6 +58,12 @@ def model_section(r: ModelReport) -> list[str]:
 
 
 def sites(doc: Document) -> str:
+    """Per model a heading, the summary, the site table, suggestions and warnings; a judged
+    document (``check``) gets the job summary of ``check_emit.markdown`` instead."""
+    if doc.findings is not None:
+        from relu_doctor.output.check_emit import markdown
+
+        return markdown(doc)
     out = []
     for r in doc.items:
         if isinstance(r, Failure):

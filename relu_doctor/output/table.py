@@ -224,7 +224,8 @@ def report_view(report: ModelReport, width: int | None = None, view: View = View
 
 
 def views(doc: Document, width: int | None = None, view: View = View()) -> list[Any]:
-    """The renderables of a document, models separated by a blank line."""
+    """The renderables of a document, models separated by a blank line; a judged document
+    (``check``) has each model's findings under its table and the verdict at the end."""
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
@@ -233,6 +234,14 @@ def views(doc: Document, width: int | None = None, view: View = View()) -> list[
             out.append(failure_view(item))
         else:
             out.append(report_view(item, width, view))
+        if doc.findings is not None and not isinstance(item, Failure):
+            from relu_doctor.output.verdict import findings_view
+
+            out.append(findings_view(doc, item.model))
+    if doc.findings is not None:  # check: thresholds and the verdict close the output
+        from relu_doctor.output.verdict import footer
+
+        out.append(footer(doc))
     return out
 
 

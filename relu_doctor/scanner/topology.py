@@ -133,6 +133,11 @@ def _module_kind(module: nn.Module) -> str:
     return str(name) if isinstance(name, str) else type(module).__name__
 
 
+def _has_running_stats(module: nn.Module) -> bool:
+    buffers = dict(module.named_buffers(recurse=False))
+    return "running_mean" in buffers and "running_var" in buffers
+
+
 def _layer_kind(owner_kind: str, op: str) -> str:
     """The layer's class; export programs keep plain ``Module`` containers, so there the op
     tells (``Linear`` for matmuls, ``Conv`` for convolutions)."""
@@ -162,8 +167,12 @@ class TopologyTracker:
     def __init__(self, model: nn.Module) -> None:
         self._owner: dict[int, tuple[str, str, bool]] = {}  # ptr -> (path, kind, is_norm)
         for path, module in model.named_modules():
-            is_norm = isinstance(module, nn.modules.batchnorm._BatchNorm) or (
-                "BatchNorm" in _module_kind(module)
+            # An export program's BatchNorm is a plain ``Module`` container: its running
+            # statistics give it away.
+            is_norm = (
+                isinstance(module, nn.modules.batchnorm._BatchNorm)
+                or "BatchNorm" in _module_kind(module)
+                or _has_running_stats(module)
             )
             tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
             for t in tensors:
