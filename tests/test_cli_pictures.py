@@ -83,3 +83,10 @@ def test_the_table_shows_a_firing_rate_glyph_and_json_does_not(planted_models: A
     assert "firing" in r.stdout and "█       " in r.stdout  # every unit in the 'never' bin
     r = ok(run("scan", planted_models["all_dead"].path, *FAST, "--format", "json"))
     assert "firing" not in json.loads(r.stdout)["models"][0]["sites"][0]
+
+
+def test_check_html_carries_the_findings(planted_models: Any) -> None:
+    r = run("check", planted_models["all_dead"].path, *FAST, "--html", "gate.html")
+    assert r.exit_code == 1  # unhealthy, and the page is written all the same
+    page = Path("gate.html").read_text()
+    assert 'data-rule="RD101"' in page and 'data-rule="RD102"' in page
