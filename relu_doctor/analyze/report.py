@@ -153,8 +153,14 @@ class ModelReport:
         return sum(s.units for s in self.counted_sites)
 
     @property
+    def nonfinite_units(self) -> int:
+        """Units of the counted sites with no finite output: neither dead nor alive."""
+        return sum(s.nonfinite for s in self.counted_sites)
+
+    @property
     def dead_fraction(self) -> float:
-        """Dead units / all units over every ReLU-family site."""
+        """Dead units / all units over every ReLU-family site (nonfinite units included in
+        the denominator: the share of units known to be dead)."""
         total = self.total_units
         return self.dead_units / total if total else 0.0
 
@@ -210,6 +216,7 @@ class ModelReport:
                 "dead_fraction": self.dead_fraction,
                 "dead_units": self.dead_units,
                 "units": self.total_units,
+                "nonfinite_units": self.nonfinite_units,
                 "source": self.runtime,
                 "mode": self.mode,
                 "device": self.device,

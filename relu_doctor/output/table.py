@@ -71,6 +71,8 @@ def summary(report: ModelReport) -> Text:
     if sites:
         text.append(f"{report.dead_units} of {report.total_units} ReLU units dead ", style="bold")
         text.append(f"({report.dead_fraction:.1%})", style=STYLES[report.severity] + " bold")
+        if report.nonfinite_units:
+            text.append(f", {report.nonfinite_units} nonfinite", style="bold magenta")
         text.append(f" across {sites} site{'s' if sites != 1 else ''}")
     else:
         kinds = sorted({s.activation.name for s in report.sites if s.executed})
