@@ -199,13 +199,19 @@ def as_batches(data: Any, batch_size: int, what: str = "data") -> Batches:
     return Batches(gen(), total)
 
 
+_TORCH_INTS = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64))
+
+
 def array_to_tensor(arr: Any, name: str, target: bool = False) -> torch.Tensor:
-    """numpy -> torch with model-friendly dtypes: float64 -> float32, ints -> int64."""
+    """numpy -> torch: float64 -> float32; integer inputs keep a type torch has (uint8 images
+    stay uint8: the scan decides how they reach the model), targets and other integers
+    become int64."""
     kind = arr.dtype.kind
     if kind == "b":
         arr = arr.astype(np.int64 if target else np.float32)
     elif kind in "iu":
-        arr = arr.astype(np.int64)
+        if target or arr.dtype not in _TORCH_INTS:
+            arr = arr.astype(np.int64)
     elif kind == "f" and arr.dtype.itemsize > 4:
         arr = arr.astype(np.float32)
     elif kind not in "fc":

@@ -4,7 +4,7 @@ totals of every site out. The model is left exactly as it was (``guard.preserved
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,7 +15,14 @@ from relu_doctor.errors import UsageError, param
 from relu_doctor.scanner.batches import Batches, as_batches, check_batch_args
 from relu_doctor.scanner.guard import preserved
 from relu_doctor.scanner.session import RawScan, ScanSession
-from relu_doctor.scanner.shapes import fixed_batch_size, synthetic_inputs
+from relu_doctor.scanner.shapes import (
+    InputFitter,
+    Scale,
+    check_scale,
+    fixed_batch_size,
+    input_spec,
+    synthetic_inputs,
+)
 from relu_doctor.scanner.sites import detect_runtime
 
 Progress = Callable[[int, int | None], None]
@@ -82,10 +89,12 @@ def run_scan(
     unit_dim: int | None,
     progress: Progress | None,
     distributed: bool | None,
+    scale: Scale = "auto",
 ) -> tuple[RawScan, torch.device]:
     """Scan ``target`` on ``data`` (None: seeded synthetic batches) and return the raw totals
     and the device the scan ran on."""
     check_batch_args(batch_size, batches)
+    check_scale(scale)
     if mode not in ("eval", "train"):
         raise UsageError(f"{param('mode')} must be 'eval' or 'train', got {mode!r}", param="mode")
     module = target.module
@@ -117,11 +126,13 @@ def run_scan(
             )
         else:
             stream = as_batches(data, batch_size).limit(batches)
+        fit = InputFitter(input_spec(module), scale)
         with ScanSession(
             module, target.runtime, eps=eps, grad=grad, unit_dim=unit_dim, device=dev
         ) as session:
             for batch in stream:
-                session.run_batch(batch)
+                session.run_batch(fit(batch))
                 if progress is not None:
                     progress(session.batches, stream.total)
-            return session.finish(distributed), dev
+            raw = session.finish(distributed)
+    return replace(raw, warnings=(*fit.notes, *raw.warnings)), dev
