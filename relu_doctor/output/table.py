@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from relu_doctor.analyze.columns import SITE_COLUMNS, Column
-from relu_doctor.analyze.report import ModelReport, SiteReport
+from relu_doctor.analyze.report import WEAK_BOUND_SAMPLES, ModelReport, SiteReport
 from relu_doctor.output.document import Document, Failure
 
 #: Colour of each severity.
@@ -87,12 +87,19 @@ def summary(report: ModelReport) -> Text:
         f"{'' if report.grad else ', no gradients'}).\n"
     )
     n, bound = report.min_samples, report.dead_bound
-    if bound is not None:
-        text.append(
-            f"Dead = 0 firings in {n} samples: firing rate < 3/{n} = {bound:.2%} at 95% "
-            "confidence.",
-            style="dim",
+    if bound is None:
+        return text
+    if not report.bound_is_weak:
+        claim = f"firing rate < 3/{n} = {bound:.2%} at 95% confidence."
+    elif bound < 1:
+        claim = (
+            f"firing rate < 3/{n} = {bound:.0%} at 95% confidence, a weak bound below "
+            f"{WEAK_BOUND_SAMPLES} samples; scan more batches."
         )
+    else:
+        claim = "too few to bound the firing rate; scan more batches."
+    few = "only " if report.bound_is_weak else ""
+    text.append(f"Dead = 0 firings in {few}{n} sample{'s' * (n != 1)}: {claim}", style="dim")
     return text
 
 

@@ -20,7 +20,7 @@ from relu_doctor.errors import CaptureError, InputError, ReluDoctorError, one_li
 from relu_doctor.scanner.batches import Batch, iter_tensors
 from relu_doctor.scanner.capture import Recorder, SiteRecord
 from relu_doctor.scanner.gradients import LOSSES, ParamGrads, backward, loss_name, loss_of
-from relu_doctor.scanner.shapes import first_layer
+from relu_doctor.scanner.shapes import first_layer, is_arguments_error
 from relu_doctor.scanner.sites import Resolver, make_resolver
 from relu_doctor.scanner.topology import TopologyTracker
 
@@ -142,6 +142,20 @@ class ScanSession:
         text = str(exc)
         if self.batches == 0 and any(w in text for w in ("dtype", "scalar type", "type (")):
             return self._dtype_error(msg, batch)
+        if self.batches == 0 and is_arguments_error(exc):
+            return InputError(
+                f"{msg}. The batches do not give the arguments the forward takes; pass "
+                f"{param('data')} file.py:make_batches, a function returning batches as dicts "
+                'of keyword inputs or ((inputs, ...), targets) pairs (README "Your own data")',
+                param="data",
+            )
+        if "more than 1 value per channel when training" in text:
+            return InputError(
+                f"{msg}. In train mode BatchNorm needs at least 2 samples per batch "
+                f"(this one has {batch.rows}): raise {param('batch_size')} or scan in "
+                f"{param('mode', 'eval')}",
+                param="batch_size",
+            )
         shapes = ("shape", "size", "mat1", "channels", "dimension")
         if self.batches == 0 and any(w in text for w in shapes):
             layer = first_layer(self.module)

@@ -11,15 +11,12 @@ batch size.
 
 from __future__ import annotations
 
-import itertools
-import math
+import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map_only
 
 from relu_doctor.errors import InputError, UsageError, one_line, param
 from relu_doctor.scanner.batches import Batch, Batches, check_batch_args
@@ -40,7 +37,7 @@ _CONSUMERS: tuple[type[nn.Module], ...] = tuple(
 Shape = tuple[int, ...]
 
 
-def _consumer(module: nn.Module) -> str | None:
+def consumer_kind(module: nn.Module) -> str | None:
     """Class name of an input-consuming layer (TorchScript keeps it as ``original_name``)."""
     if isinstance(module, torch.jit.ScriptModule):
         name = str(getattr(module, "original_name", ""))
@@ -112,7 +109,7 @@ def infer_input_shape(model: nn.Module) -> tuple[Shape, torch.dtype] | None:
     if found is not None:
         return found
     for module in model.modules():
-        kind = _consumer(module)
+        kind = consumer_kind(module)
         if kind is not None:
             return _shape_for(kind, module)
     return None
@@ -121,7 +118,7 @@ def infer_input_shape(model: nn.Module) -> tuple[Shape, torch.dtype] | None:
 def infer_int_high(model: nn.Module) -> int | None:
     """Vocabulary size of the first embedding, so synthetic ids cover more than {0, 1}."""
     for module in model.modules():
-        kind = _consumer(module)
+        kind = consumer_kind(module)
         if kind in ("Embedding", "EmbeddingBag"):
             n = _int_attr(module, "num_embeddings")
             w = _weight_shape(module)
@@ -145,6 +142,36 @@ def first_layer(model: nn.Module) -> str:
         if isinstance(mod, nn.modules.conv._ConvNd):
             return f"{path} ({type(mod).__name__}, in_channels={mod.in_channels})"
     return ""
+
+
+def required_inputs(model: nn.Module) -> list[str]:
+    """Names of the forward's arguments without a default ([] when it cannot be read)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a traced TorchScript method: its schema tells
+        schema = getattr(model.forward, "schema", None)
+        args = list(schema.arguments)[1:] if schema is not None else []
+        return [a.name for a in args if not a.has_default_value()]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.kind not in variadic and p.default is p.empty]
+
+
+def several_inputs_error(names: list[str]) -> InputError:
+    """Synthetic inputs are one tensor: a forward that needs more has to be given data."""
+    shown = ", ".join(names)
+    takes = f"{len(names)} inputs ({shown})" if names else "other arguments than one tensor"
+    example = " (" + ", ".join(f"'{n}': {n}" for n in names).join("{}") + ")" if names else ""
+    return InputError(
+        f"the model's forward takes {takes} and synthetic inputs are one tensor; pass "
+        f"{param('data')} file.py:make_batches, a function returning batches as dicts of "
+        f'keyword inputs{example} (README "Your own data")',
+        param="data",
+    )
+
+
+def is_arguments_error(exc: BaseException) -> bool:
+    """A TypeError of a call with the wrong arguments (``missing 1 required ...``)."""
+    return isinstance(exc, TypeError) and "argument" in str(exc)
 
 
 def fixed_batch_size(model: nn.Module, runtime: str) -> int | None:
@@ -219,6 +246,8 @@ def _probe(
                 batch.forward(model)
             return cand
         except Exception as exc:  # the model's own error: try the next size
+            if is_arguments_error(exc):  # no size will do: it wants other arguments
+                raise several_inputs_error(required_inputs(model)) from exc
             first = first or exc
     layer = " ".join(("layer", first_layer(model))).strip()
     raise InputError(
@@ -243,6 +272,8 @@ def synthetic_inputs(
     """Seeded batches shaped for ``model``: ``input_shape`` when given, else inferred (and,
     for a spatial guess, probed against the model)."""
     dtype, high = torch.float32, infer_int_high(model) or 2
+    if len(needed := required_inputs(model)) > 1:
+        raise several_inputs_error(needed)
     if input_shape is None:
         inferred = infer_input_shape(model)
         if inferred is None and exported is not None and exported.example_inputs:
@@ -271,101 +302,3 @@ def synthetic_inputs(
         dtype=dtype,
         int_high=high,
     )
-
-
-# -- fitting data to the model ------------------------------------------------------------
-
-#: ``scale`` of ``scan()``: a factor for the first input, or "auto" (1/255 for uint8 data
-#: that becomes float, as torchvision's ``ToTensor`` does; 1 otherwise).
-Scale = float | str
-_INDEX_DTYPES = (torch.int32, torch.int64)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model's first layer reads: the float dtype it computes in, and whether it
-    takes indices (an Embedding; None: nothing tells, so integer data is left alone)."""
-
-    dtype: torch.dtype
-    indices: bool | None
-
-
-def input_spec(model: nn.Module) -> InputSpec:
-    """The recorded input of an fx/export graph, else the first input-consuming layer."""
-    dtype = float_dtype(model, torch.float32)
-    val = graph_input(model)
-    if val is not None:
-        floating = val.is_floating_point()
-        return InputSpec(val.dtype if floating else dtype, not floating)
-    for module in model.modules():
-        kind = _consumer(module)
-        if kind is not None:
-            return InputSpec(dtype, kind in ("Embedding", "EmbeddingBag"))
-    return InputSpec(dtype, None)
-
-
-def check_scale(scale: Scale) -> None:
-    """``scale`` is "auto" or a positive finite number."""
-    ok = scale == "auto" or (
-        isinstance(scale, int | float) and not isinstance(scale, bool) and 0 < scale < math.inf
-    )
-    if not ok:
-        raise UsageError(
-            f"{param('scale')} must be 'auto' or a positive number such as 1/255, got {scale!r}",
-            param="scale",
-        )
-
-
-class InputFitter:
-    """Adapts every batch to the model, in one place: float inputs, at any depth, take the
-    model's float dtype; the first input, when it holds integers, stays integer only where
-    the first layer reads indices, else it becomes float times ``scale``. ``notes`` say,
-    once each, what was converted (README "Your own data")."""
-
-    def __init__(self, spec: InputSpec, scale: Scale = "auto") -> None:
-        check_scale(scale)
-        self.spec = spec
-        self.scale = scale
-        self.notes: list[str] = []
-
-    def __call__(self, batch: Batch) -> Batch:
-        position = itertools.count()
-        args, kwargs = tree_map_only(
-            torch.Tensor, lambda t: self._fit(t, next(position) == 0), (batch.args, batch.kwargs)
-        )
-        return Batch(args, kwargs, batch.targets, batch.rows)
-
-    def _fit(self, t: torch.Tensor, first: bool) -> torch.Tensor:
-        if t.dtype == torch.bool or t.is_complex():
-            return t
-        if t.is_floating_point():
-            out = t if t.dtype == self.spec.dtype else t.to(self.spec.dtype)
-            scaled = first and self.scale != "auto" and self.scale != 1
-            return out * float(self.scale) if scaled else out
-        if not first or self.spec.indices is None:
-            return t
-        if self.spec.indices:  # notes are plain text: the report shows them as they are
-            if self.scale != "auto":
-                self._note("the scale does not apply to token ids (the model embeds them)")
-            return t if t.dtype in _INDEX_DTYPES else t.long()
-        src, dst = (str(d).removeprefix("torch.") for d in (t.dtype, self.spec.dtype))
-        if self.scale != "auto":
-            factor, reason = float(self.scale), ""
-        elif t.dtype == torch.uint8:
-            factor = 1 / 255
-            reason = " to [0, 1], as torchvision's ToTensor does (scale 1 keeps 0..255)"
-        else:
-            factor, reason = 1.0, " (a scale such as 1/255 rescales them)"
-        how = f"scaled by {_fraction(factor)}" if factor != 1 else "as they are"
-        self._note(f"{src} inputs became {dst} {how}{reason}")
-        return (t.to(torch.float32) * factor).to(self.spec.dtype)
-
-    def _note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-
-def _fraction(factor: float) -> str:
-    """1/255 rather than 0.00392 where the factor is the inverse of an integer."""
-    inverse = 1 / factor
-    return f"1/{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"{factor:g}"
