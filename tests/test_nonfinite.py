@@ -141,3 +141,19 @@ def test_the_table_and_the_text_report_say_nonfinite() -> None:
     report = relu_doctor.scan(nan_model(), torch.rand(4, 4), grad=False)
     text = plain_text(Document((report,)))
     assert "6 nonfinite" in text and "not counted as dead" not in text
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_takes_the_exact_path_and_matches_the_cpu() -> None:
+    x = torch.rand(40, 4) + 0.1
+    x[3] = float("nan")
+    model = half_nan_model()
+    cpu = relu_doctor.scan(model, x, batch_size=16, device="cpu")
+    gpu = relu_doctor.scan(model, x, batch_size=16, device="cuda")
+    assert gpu.device.startswith("cuda")
+    for name in ("dead", "nonfinite", "dormant", "near_dead", "dead_margin"):
+        assert getattr(gpu.sites[0], name) == getattr(cpu.sites[0], name), name
+    a, b = cpu.units_frame(), gpu.units_frame()
+    for name in ("fires", "nonfinite", "nonfinite_values", "dead"):
+        assert a[name].tolist() == b[name].tolist(), name
