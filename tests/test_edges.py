@@ -161,6 +161,18 @@ def test_two_samples_never_claim_a_rate_above_100_percent() -> None:
     assert (data["dead_bound"], data["bound_is_weak"]) == (1.0, True)
 
 
+def test_the_html_page_says_the_same_about_two_samples() -> None:
+    pytest.importorskip("matplotlib")
+    import html
+
+    from relu_doctor.output.html import html_page
+
+    report = relu_doctor.scan(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), torch.randn(2, 4))
+    text = html.unescape(html_page(report))
+    assert "only 2 samples: too few to bound the firing rate" in text
+    assert "3/2" not in text and "150" not in text
+
+
 @pytest.mark.parametrize(
     ("n", "weak", "text"),
     [

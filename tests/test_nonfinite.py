@@ -137,10 +137,14 @@ def test_all_nan_model_on_the_command_line(tmp_path: Path) -> None:
     assert all(u["nonfinite"] and not u["dead"] and u["firing_rate"] is None for u in rows)
 
 
-def test_the_table_and_the_text_report_say_nonfinite() -> None:
+def test_the_table_the_text_report_and_the_html_page_say_nonfinite() -> None:
     report = relu_doctor.scan(nan_model(), torch.rand(4, 4), grad=False)
     text = plain_text(Document((report,)))
     assert "6 nonfinite" in text and "not counted as dead" not in text
+    pytest.importorskip("matplotlib")
+    from relu_doctor.output.html import html_page
+
+    assert "0 of 6 ReLU units dead (0.0%), 6 nonfinite across 1 site" in html_page(report)
 
 
 @pytest.mark.cuda

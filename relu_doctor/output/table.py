@@ -86,9 +86,18 @@ def summary(report: ModelReport) -> Text:
         f"batch{'es' if report.batches != 1 else ''} ({report.mode} mode, {report.device}"
         f"{'' if report.grad else ', no gradients'}).\n"
     )
+    sentence = bound_sentence(report)
+    if sentence is not None:
+        text.append(sentence, style="dim")
+    return text
+
+
+def bound_sentence(report: ModelReport) -> str | None:
+    """What "dead" means for this N (the rule of three), weak below ``WEAK_BOUND_SAMPLES``
+    and never a rate above 100%; None without samples."""
     n, bound = report.min_samples, report.dead_bound
     if bound is None:
-        return text
+        return None
     if not report.bound_is_weak:
         claim = f"firing rate < 3/{n} = {bound:.2%} at 95% confidence."
     elif bound < 1:
@@ -99,8 +108,7 @@ def summary(report: ModelReport) -> Text:
     else:
         claim = "too few to bound the firing rate; scan more batches."
     few = "only " if report.bound_is_weak else ""
-    text.append(f"Dead = 0 firings in {few}{n} sample{'s' * (n != 1)}: {claim}", style="dim")
-    return text
+    return f"Dead = 0 firings in {few}{n} sample{'s' * (n != 1)}: {claim}"
 
 
 def suggestions(report: ModelReport) -> Group | None:
