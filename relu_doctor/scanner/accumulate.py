@@ -103,10 +103,12 @@ class SiteAccumulator:
                 pre = _finite_or_low(pre)
             # (N, U): the largest value each sample gives each unit.
             m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
-            if not self._nan_safe and not _finite(m.amax(dim=0)):
+            top = m.amax(dim=0)
+            if not self._nan_safe and not _finite(top):
                 pre = _finite_or_low(pre)
                 m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
-            torch.maximum(self.max_pre, m.amax(dim=0), out=self.max_pre)
+                top = m.amax(dim=0)
+            torch.maximum(self.max_pre, top, out=self.max_pre)
             # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
             self.fires += (m > eps).sum(dim=0)
         self.samples += pre.shape[0]
@@ -235,8 +237,9 @@ def _counts(t: torch.Tensor) -> np.ndarray:
 
 
 def _finite(t: torch.Tensor) -> bool:
-    """No NaN or Inf in ``t`` (a sum is the cheapest test: any of them spoils it)."""
-    return math.isfinite(float(t.sum()))
+    """No NaN or Inf in ``t`` (a sum is the cheapest test: any of them spoils it; in float64,
+    so that large half-precision values do not overflow it)."""
+    return math.isfinite(float(t.sum(dtype=torch.float64)))
 
 
 def _finite_or_low(t: torch.Tensor) -> torch.Tensor:
