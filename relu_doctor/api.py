@@ -31,6 +31,7 @@ def scan(
     name: str | None = None,
     progress: Progress | None = None,
     distributed: bool | None = None,
+    scale: float | str = "auto",
 ) -> ModelReport:
     """Scan ``model`` on ``data`` and return a ``ModelReport``.
 
@@ -39,9 +40,11 @@ def scan(
     batches (tensors, pairs or dicts of keyword inputs; a ``DataLoader`` works as it is), or
     None for seeded synthetic batches shaped like ``input_shape`` or inferred from the first
     layer. ``batches``: at most this many batches (None: all of ``data``, or 8 synthetic
-    ones). ``device``: None = where the model is. The model is left exactly as it was. When
-    ``torch.distributed`` is initialised (or ``distributed=True``) statistics are summed over
-    all ranks.
+    ones). ``device``: None = where the model is. Inputs take the model's float dtype;
+    ``scale`` multiplies the first input where it is float (``"auto"``: 1/255 for uint8 data
+    that becomes float, else 1; token ids are never scaled). The model is left exactly as it
+    was. When ``torch.distributed`` is initialised (or ``distributed=True``) statistics are
+    summed over all ranks.
     """
     th = Thresholds(eps=eps, near_dead=near_dead, tau=tau)
     target = as_target(model)
@@ -59,6 +62,7 @@ def scan(
         unit_dim=unit_dim,
         progress=progress,
         distributed=distributed,
+        scale=scale,
     )
     return build_report(
         name or target.name,

@@ -24,6 +24,13 @@ def _library(m: re.Match[str]) -> str:
     return m.group(1) if m.group(2) is None else f"{m.group(1)}={m.group(2)}"
 
 
+def a_kind(word: str) -> str:
+    """``word`` with its indefinite article, for type names in messages: "an int", "a dict",
+    "an ndarray"."""
+    vowel = word[:1].lower() in "aeiou" or word.startswith(("nd", "NaN"))
+    return f"{'an' if vowel else 'a'} {word}"
+
+
 def one_line(exc: BaseException | None, limit: int = 300) -> str:
     """One line of an exception's message, cut to ``limit`` characters."""
     text = " ".join(str(exc).split())

@@ -48,11 +48,13 @@ def accumulate(
     unit_dim: int = 1,
     eps: float = 0.0,
     grads: list[torch.Tensor] = (),  # type: ignore[assignment]
+    always_exact: bool = False,
 ) -> UnitTotals:
     units = batches[0].shape[unit_dim]
     acc = SiteAccumulator(
         units, unit_dim, torch.device("cpu"), relu_like=activation in ("ReLU", "ReLU6")
     )
+    acc._nan_safe = always_exact  # what an accelerator does: no per-batch NaN check
     for pre in batches:
         acc.observe_pre(pre, eps)
         acc.observe_out(ACTIVATIONS[activation](pre), eps)
@@ -274,33 +276,136 @@ def test_eps_sets_the_firing_and_sparsity_threshold() -> None:
 # --- non-finite -------------------------------------------------------------------------
 
 
-def test_nan_is_flagged_and_never_fires() -> None:
-    # Unit 0 sees NaN on sample 0 and -1 on sample 1: it never fires on a real value, so it
-    # is dead *and* flagged; one NaN row must not hide the death of the others either.
+def test_a_unit_is_judged_on_its_finite_values() -> None:
+    # Unit 0 sees NaN on sample 0 and -1 on sample 1: judged on the -1 alone it never fires,
+    # so it is dead (not hidden by the NaN) and not nonfinite; its NaN is counted apart.
     pre = t([[math.nan, -1.0, 1.0], [-1.0, -1.0, 1.0]])
     s = accumulate([pre])
+    assert s.nonfinite.tolist() == [1, 0, 0]
     m = unit_metrics(s, "ReLU", Thresholds())
-    assert m.finite.tolist() == [False, True, True]
+    assert m.nonfinite.tolist() == [False, False, False]
     assert m.dead.tolist() == [True, True, False]
     summary = summarize(s, "ReLU", Thresholds())
-    assert summary.nonfinite == 1
-    assert summary.dead == 2
-    assert summary.dead_margin == -1.0  # the NaN margin is left out of the median
+    assert (summary.dead, summary.nonfinite) == (2, 0)
+    assert summary.dead_margin == -1.0  # unit 0's largest *finite* pre-activation is -1
+    assert s.max_pre.tolist() == [-1.0, -1.0, 1.0]
     assert summary.max_activation == 1.0  # NaN is not a maximum
 
 
-def test_nan_in_a_conv_channel_is_flagged_and_death_still_counted() -> None:
+def test_a_unit_with_no_finite_value_is_nonfinite_not_dead_nor_dormant() -> None:
+    # Unit 0: NaN, +Inf (no finite value); unit 1: -1, -1 (dead); unit 2: 2, 4 (alive).
+    pre = t([[math.nan, -1.0, 2.0], [math.inf, -1.0, 4.0]])
+    s = accumulate([pre])
+    assert s.nonfinite.tolist() == [2, 0, 0]
+    m = unit_metrics(s, "ReLU", Thresholds())
+    assert m.nonfinite.tolist() == [True, False, False]
+    assert m.dead.tolist() == [False, True, False]
+    assert m.dormant.tolist() == [False, True, False]
+    assert math.isnan(m.firing_rate[0]) and math.isnan(m.score[0])
+    assert math.isnan(m.sparsity[0]) and math.isnan(m.max_activation[0])
+    summary = summarize(s, "ReLU", Thresholds())
+    assert (summary.dead, summary.nonfinite, summary.dormant) == (1, 1, 1)
+    # The dead fraction keeps nonfinite units in its denominator (docs/metrics.md).
+    assert summary.dead_fraction == pytest.approx(1 / 3)
+    # Sparsity over the 4 finite elements: unit 1's two zeros.
+    assert summary.sparsity == pytest.approx(2 / 4)
+    assert summary.max_activation == 4.0
+
+
+def test_inf_outputs_are_left_out_and_never_fire() -> None:
+    # +Inf is not a finite value: unit 0 is judged on its -1 and is dead.
+    pre = t([[math.inf, 1.0], [-1.0, 1.0]])
+    m = unit_metrics(accumulate([pre]), "ReLU", Thresholds())
+    assert m.dead.tolist() == [True, False]
+    assert m.nonfinite.tolist() == [False, False]
+
+
+def test_the_dormant_score_averages_finite_outputs_only() -> None:
+    # Unit 0: NaN, 4 -> mean over its one finite element = 4; unit 1: 2, 2 -> mean 2.
+    # Layer mean = 3: scores 4/3 and 2/3 (a NaN counted as 0 would give 2 and 2).
+    pre = t([[math.nan, 2.0], [4.0, 2.0]])
+    m = unit_metrics(accumulate([pre]), "ReLU", Thresholds())
+    np.testing.assert_allclose(m.mean_abs, [4.0, 2.0])
+    np.testing.assert_allclose(m.score, [4 / 3, 2 / 3])
+    assert m.sparsity.tolist() == [0.0, 0.0]
+
+
+def test_nan_in_a_conv_channel_leaves_its_death_counted() -> None:
     pre = torch.full((2, 2, 3), -1.0)
     pre[1, 0, 2] = math.nan
-    summary = summarize(accumulate([pre]), "ReLU", Thresholds())
-    assert summary.nonfinite == 1
-    assert summary.dead == 2
+    s = accumulate([pre])
+    assert s.nonfinite.tolist() == [1, 0]
+    summary = summarize(s, "ReLU", Thresholds())
+    assert (summary.dead, summary.nonfinite, summary.dead_margin) == (2, 0, -1.0)
+
+
+def test_a_nan_position_does_not_hide_a_firing_position_of_the_same_sample() -> None:
+    # Channel 0 of sample 0 has NaN at one position and 3 at another: it fires once.
+    pre = torch.full((2, 1, 3), -1.0)
+    pre[0, 0, 0], pre[0, 0, 1] = math.nan, 3.0
+    for activation, eps in (("ReLU", 0.0), ("ReLU", 0.5), ("LeakyReLU", 0.0)):
+        s = accumulate([pre], activation=activation, eps=eps)
+        assert s.fires.tolist() == [1], (activation, eps)
+        assert s.max_pre.tolist() == [3.0], (activation, eps)
 
 
 def test_a_nan_row_does_not_hide_dead_units() -> None:
     pre = t([[math.nan, math.nan, math.nan], [-1.0, 2.0, 3.0], [-2.0, 1.0, -1.0]])
-    summary = summarize(accumulate([pre]), "ReLU", Thresholds())
-    assert (summary.dead, summary.nonfinite) == (1, 3)
+    for activation, eps in (("ReLU", 0.0), ("ReLU6", 0.0), ("ReLU", 0.5), ("LeakyReLU", 0.0)):
+        summary = summarize(
+            accumulate([pre], activation=activation, eps=eps), activation, Thresholds(eps=eps)
+        )
+        assert (summary.dead, summary.nonfinite) == (1, 0), (activation, eps)
+        assert summary.dead_margin == -1.0
+
+
+def test_leaky_relu_largest_output_ignores_nan() -> None:
+    # Unit 0's finite outputs are all negative: its largest output stays negative.
+    pre = t([[math.nan, 1.0], [-1.0, 1.0]])
+    m = unit_metrics(accumulate([pre], activation="LeakyReLU"), "LeakyReLU", Thresholds())
+    np.testing.assert_allclose(m.max_activation, [-0.1, 1.0])
+
+
+def test_large_half_precision_outputs_are_not_taken_for_inf() -> None:
+    # 256 samples x 500 = 128000 > 65504, the largest float16: a float16 sum would overflow.
+    pre = torch.full((256, 2), 500.0, dtype=torch.float16)
+    pre[:, 1] = -1.0
+    s = accumulate([pre])
+    assert s.nonfinite.tolist() == [0, 0]
+    assert s.abs_sum.tolist() == [128000.0, 0.0]
+    summary = summarize(s, "ReLU", Thresholds())
+    assert (summary.dead, summary.nonfinite) == (1, 0)
+
+
+def test_half_precision_counts_are_exact() -> None:
+    # 4096 positions per sample: float16 counts 2049 as 2048, bfloat16 257 as 256.
+    for dtype in (torch.float16, torch.bfloat16):
+        pre = -torch.ones(1, 1, 4096, dtype=dtype)
+        pre[0, 0, :2049] = 1.0
+        s = accumulate([pre])
+        assert s.active.tolist() == [2049], dtype
+
+
+@pytest.mark.parametrize("activation", ["ReLU", "ReLU6", "LeakyReLU"])
+@pytest.mark.parametrize("eps", [0.0, 0.5])
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf, -math.inf])
+def test_the_always_exact_path_of_accelerators_gives_the_same_totals(
+    activation: str, eps: float, bad: float | None
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 5, generator=g) for _ in range(2)] + [torch.randn(6, 3)]
+    batches[2] = batches[2][:, :, None].expand(6, 3, 5).contiguous()
+    if bad is not None:
+        batches[0][1, 0, 2] = bad
+        batches[1][:, 2] = bad  # channel 2 has no finite value in batch 1
+    fast = accumulate(batches, activation=activation, eps=eps)
+    exact = accumulate(batches, activation=activation, eps=eps, always_exact=True)
+    for name in ("fires", "active", "nonfinite", "max_pre", "abs_sum"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(exact, name), err_msg=name)
+    if activation == "LeakyReLU":
+        np.testing.assert_allclose(fast.max_out, exact.max_out)
+    if bad is not None and math.isnan(bad):  # NaN stays NaN through every activation
+        assert exact.nonfinite.tolist() == [1, 0, 4 * 5]
 
 
 # --- gradients --------------------------------------------------------------------------
@@ -344,6 +449,7 @@ def test_merge_equals_scan_of_both(activation: str) -> None:
     assert merged.samples == 15
     np.testing.assert_array_equal(merged.fires, both.fires)
     np.testing.assert_array_equal(merged.active, both.active)
+    np.testing.assert_array_equal(merged.nonfinite, both.nonfinite)
     np.testing.assert_allclose(merged.max_pre, both.max_pre)
     np.testing.assert_allclose(merged.abs_sum, both.abs_sum, rtol=1e-6)
     assert merged.grad_norm_sum == pytest.approx(both.grad_norm_sum)

@@ -43,14 +43,31 @@ def _warnings(raw: RawScan, sites: list[SiteReport], loading: tuple[str, ...]) -
     idle = [s.site for s in sites if not s.executed]
     if idle:
         out.append(f"activation modules never executed during the scan: {', '.join(idle[:6])}")
-    bad = [s for s in sites if s.nonfinite]
-    if bad:
-        units = sum(s.nonfinite for s in bad)
-        out.append(
-            f"NaN or Inf reached {units} units (sites {', '.join(s.site for s in bad[:4])}); "
-            "they are not counted as dead: check the inputs and the weights"
-        )
+    touched = {s.site: int((s.totals.nonfinite > 0).sum()) for s in sites if s.totals is not None}
+    touched = {site: n for site, n in touched.items() if n}
+    if touched:
+        out.append(_nonfinite_warning(touched, sum(s.nonfinite for s in sites)))
     return out
+
+
+def _nonfinite_warning(touched: dict[str, int], lost: int) -> str:
+    """Where NaN or Inf reached units (docs/metrics.md): ``touched`` units per site, ``lost``
+    of them with no finite output at all."""
+    units = sum(touched.values())
+    names = ", ".join(list(touched)[:4]) + (", ..." if len(touched) > 4 else "")
+    if lost == units:
+        judged = "none had a finite output, so they count as nonfinite, not dead"
+    elif lost:
+        judged = (
+            f"{lost} had no finite output and count as nonfinite, not dead; the others are "
+            "judged on their finite outputs"
+        )
+    else:
+        judged = "they are judged on their finite outputs"
+    return (
+        f"NaN or Inf reached {units} unit{'s' if units != 1 else ''} (site"
+        f"{'s' if len(touched) != 1 else ''} {names}): {judged}. Check the inputs and the weights"
+    )
 
 
 def build_report(

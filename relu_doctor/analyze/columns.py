@@ -102,10 +102,10 @@ def _max_activation(f: SiteFacts) -> float | None:
     return float(finite.max()) if finite.size else None
 
 
-def _sparsity(f: SiteFacts) -> float:
+def _sparsity(f: SiteFacts) -> float | None:
     t = _t(f)
-    total = t.elements * t.units
-    return float(1.0 - t.active.sum() / total) if total else 0.0
+    total = t.elements * t.units - int(t.nonfinite.sum())  # finite elements only
+    return float(1.0 - t.active.sum() / total) if total else None
 
 
 def _grad(f: SiteFacts) -> float | None:
@@ -244,8 +244,8 @@ for _column in (
     Column("unit_dim", lambda f: f.unit_dim, doc="dim that holds the units"),
     Column(
         "nonfinite",
-        _executed(lambda f: int((~_m(f).finite).sum()), 0),
-        doc="units that saw NaN or Inf",
+        _executed(lambda f: int(_m(f).nonfinite.sum()), 0),
+        doc="units with no finite output: neither dead nor alive",
     ),
     Column(
         "producer",
@@ -313,10 +313,17 @@ for _unit in (
     UnitColumn("near_dead", lambda u: u.metrics.near_dead, doc="0 < firing rate < near_dead"),
     UnitColumn("dormant", lambda u: u.metrics.dormant, doc="ReDo score <= tau"),
     UnitColumn("score", lambda u: u.metrics.score, doc="ReDo score"),
-    UnitColumn("margin", lambda u: u.totals.max_pre, doc="largest pre-activation"),
+    UnitColumn(
+        "margin",
+        lambda u: np.where(u.metrics.nonfinite, np.nan, u.totals.max_pre),
+        doc="largest finite pre-activation",
+    ),
     UnitColumn("max_activation", lambda u: u.metrics.max_activation, doc="largest output"),
     UnitColumn("mean_activation", lambda u: u.metrics.mean_abs, doc="mean |output|"),
     UnitColumn("sparsity", lambda u: u.metrics.sparsity, doc="share of its elements <= eps"),
-    UnitColumn("finite", lambda u: u.metrics.finite, doc="saw no NaN or Inf"),
+    UnitColumn("nonfinite", lambda u: u.metrics.nonfinite, doc="no finite output: not judged"),
+    UnitColumn(
+        "nonfinite_values", lambda u: u.totals.nonfinite, doc="NaN or Inf outputs, left out"
+    ),
 ):
     unit_column(_unit)

@@ -41,10 +41,12 @@ def activation_of_max(act: Activation, max_pre: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class UnitMetrics:
-    """Per-unit metrics of one site (the per-unit dump)."""
+    """Per-unit metrics of one site (the per-unit dump). A ``nonfinite`` unit had no finite
+    output at all: it is neither dead nor alive, and its rate, score, mean, largest output
+    and sparsity are NaN."""
 
     firing_rate: np.ndarray
-    finite: np.ndarray
+    nonfinite: np.ndarray
     dead: np.ndarray
     near_dead: np.ndarray
     score: np.ndarray
@@ -55,34 +57,39 @@ class UnitMetrics:
 
 
 def unit_metrics(totals: UnitTotals, act: Activation, th: Thresholds) -> UnitMetrics:
-    """Firing rate, dead / near-dead / dormant flags and the ReDo score of every unit."""
+    """Firing rate, dead / near-dead / dormant flags and the ReDo score of every unit.
+
+    A unit is judged on its finite outputs (docs/metrics.md): NaN and Inf never fire and are
+    left out of its mean and sparsity, so one bad input row hides no dead unit; the firing
+    rate still divides by every sample.
+    """
     samples = max(totals.samples, 1)
-    elements = max(totals.elements, 1)
-    rate = totals.fires / samples
-    # NaN/Inf elements never count as firing; a unit that saw them is flagged (``finite``)
-    # but still judged on its firing, so one bad input row does not hide the dead units.
-    finite = np.isfinite(totals.abs_sum) & ~np.isnan(totals.max_pre)
-    dead = (totals.fires == 0) & (totals.samples > 0)
-    near = (rate > 0) & (rate < th.near_dead)
-    mean_abs = totals.abs_sum / elements
-    layer_mean = float(np.mean(mean_abs[finite])) if finite.any() else 0.0
+    finite_elements = totals.elements - totals.nonfinite  # per unit
+    judged = finite_elements > 0
+    nonfinite = ~judged & (totals.elements > 0)
+    rate = np.where(judged, totals.fires / samples, np.nan)
+    dead = (totals.fires == 0) & judged & (totals.samples > 0)
+    near = judged & (totals.fires > 0) & (rate < th.near_dead)
+    elements = np.maximum(finite_elements, 1)
+    mean_abs = np.where(judged, totals.abs_sum / elements, np.nan)
+    layer_mean = float(np.mean(mean_abs[judged])) if judged.any() else 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        score = mean_abs / layer_mean if layer_mean > 0 else np.zeros_like(mean_abs)
-    dormant = (score <= th.tau) & finite
+        score = mean_abs / layer_mean if layer_mean > 0 else np.where(judged, 0.0, np.nan)
+    dormant = judged & (score <= th.tau)
     if totals.max_out is not None:
         max_act = totals.max_out
     else:
         max_act = activation_of_max(act, totals.max_pre)
     return UnitMetrics(
         firing_rate=rate,
-        finite=finite,
+        nonfinite=nonfinite,
         dead=dead,
         near_dead=near,
         score=score,
         dormant=dormant,
         mean_abs=mean_abs,
-        max_activation=max_act,
-        sparsity=1.0 - totals.active / elements,
+        max_activation=np.where(judged, max_act, np.nan),
+        sparsity=np.where(judged, 1.0 - totals.active / elements, np.nan),
     )
 
 

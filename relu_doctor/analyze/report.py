@@ -29,6 +29,9 @@ from relu_doctor.scanner.topology import SiteTopology
 if TYPE_CHECKING:
     import pandas as pd
 
+#: Below this many samples the rule of three (docs/metrics.md) is a weak bound.
+WEAK_BOUND_SAMPLES = 30
+
 #: Dead-fraction cut-offs of the severities (a site's or the model's dead fraction).
 SEVERITY_CUTOFFS = (("high", 0.5), ("medium", 0.1), ("low", 0.0))
 
@@ -164,8 +167,14 @@ class ModelReport:
         return sum(s.units for s in self.counted_sites)
 
     @property
+    def nonfinite_units(self) -> int:
+        """Units of the counted sites with no finite output: neither dead nor alive."""
+        return sum(s.nonfinite for s in self.counted_sites)
+
+    @property
     def dead_fraction(self) -> float:
-        """Dead units / all units over every ReLU-family site."""
+        """Dead units / all units over every ReLU-family site (nonfinite units included in
+        the denominator: the share of units known to be dead)."""
         total = self.total_units
         return self.dead_units / total if total else 0.0
 
@@ -184,9 +193,15 @@ class ModelReport:
     @property
     def dead_bound(self) -> float | None:
         """With N samples and no firing, the true firing rate is below 3/N at 95%
-        confidence (the rule of three); None without samples."""
+        confidence (the rule of three), at most 1; None without samples."""
         n = self.min_samples
-        return 3 / n if n else None
+        return min(3 / n, 1.0) if n else None
+
+    @property
+    def bound_is_weak(self) -> bool:
+        """Fewer than ``WEAK_BOUND_SAMPLES`` samples: the rule of three is a poor
+        approximation there and "dead" says little (below 3 samples, nothing)."""
+        return self.min_samples < WEAK_BOUND_SAMPLES
 
     def site(self, name: str) -> SiteReport:
         """The site called ``name``; KeyError listing the names otherwise."""
@@ -233,6 +248,9 @@ class ModelReport:
                 "dead_fraction": self.dead_fraction,
                 "dead_units": self.dead_units,
                 "units": self.total_units,
+                "nonfinite_units": self.nonfinite_units,
+                "dead_bound": self.dead_bound,
+                "bound_is_weak": self.bound_is_weak,
                 "source": self.runtime,
                 "mode": self.mode,
                 "device": self.device,

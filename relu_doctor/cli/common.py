@@ -176,6 +176,7 @@ def _scan_one(
             device=device,
             eps=opts["eps"],
             input_shape=opts.get("input_shape"),
+            scale=opts.get("scale", "auto"),
             seed=opts["seed"],
             unit_dim=opts.get("unit_dim"),
             near_dead=opts["near_dead"],

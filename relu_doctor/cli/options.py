@@ -81,6 +81,27 @@ def _extensions(command: str) -> str:
     return " ".join(sorted(exts))
 
 
+class ScaleFactor(click.ParamType):
+    """``auto`` or a positive factor: ``1/255``, ``0.5``, ``2`` (a number in pyproject.toml)."""
+
+    name = "auto|FACTOR"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | str:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif str(value).strip().lower() == "auto":
+            return "auto"
+        else:
+            top, _, bottom = str(value).strip().partition("/")
+            try:
+                number = float(top) / float(bottom) if bottom else float(top)
+            except (ValueError, ZeroDivisionError):
+                self.fail(f"{value!r}: expected auto or a positive number such as 1/255")
+        if not 0 < number < float("inf"):
+            self.fail(f"{value!r}: expected auto or a positive number such as 1/255")
+        return number
+
+
 def scan_options(command: str) -> Decorator:
     """Everything that loads a model, feeds it and shapes the output."""
     options = [
@@ -123,6 +144,15 @@ def scan_options(command: str) -> Decorator:
             group="Inputs",
             help="Your data: .pt .npy .npz .csv .parquet, or a callable that returns "
             "an iterable of batches.",
+        ),
+        _option(
+            "--scale",
+            type=ScaleFactor(),
+            default="auto",
+            show_default=True,
+            group="Inputs",
+            help="Multiply integer (e.g. uint8 image) or float inputs by FACTOR, e.g. 1/255; "
+            "auto: 1/255 for uint8 data that becomes float, else 1.",
         ),
         _option(
             "--batch-size",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from relu_doctor.errors import InputError, UsageError, param
+from relu_doctor.errors import InputError, UsageError, a_kind, param
 from relu_doctor.load.specs import call_spec, looks_like_spec
 from relu_doctor.scanner.batches import (
     Batches,
@@ -50,7 +50,7 @@ def _read_torch(path: Path) -> tuple[Any, Any]:
             "and optional y (or targets/labels)"
         )
     raise InputError(
-        f"{path} holds a {type(obj).__name__}; save a tensor, (x, y) or {{'x': x, 'y': y}}"
+        f"{path} holds {a_kind(type(obj).__name__)}; save a tensor, (x, y) or {{'x': x, 'y': y}}"
     )
 
 

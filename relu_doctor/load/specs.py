@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relu_doctor.errors import UsageError, param
+from relu_doctor.errors import UsageError, a_kind, param
 
 _FORM = "MODULE:NAME or path/to/file.py:NAME"
 _CALL_FORM = "MODULE:NAME(10, num_classes=10, widths=(64, 128), name='x')"
@@ -198,7 +198,9 @@ def call_spec(spec: str, option: str = "") -> Any:
     obj = _named(parsed, spec, option)
     where = f"{param(option)} {spec}" if option else repr(spec)
     if not callable(obj):
-        raise UsageError(f"{where} names a {type(obj).__name__}, not a callable", **_at(option))
+        raise UsageError(
+            f"{where} names {a_kind(type(obj).__name__)}, not a callable", **_at(option)
+        )
     try:
         return obj(*parsed.args, **parsed.kwargs)
     except Exception as exc:

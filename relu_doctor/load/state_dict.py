@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from relu_doctor.errors import LoadError, param
+from relu_doctor.errors import LoadError, a_kind, param
 from relu_doctor.load import specs
 
 __all__ = ["ARCH_HINT", "WEIGHT_KEYS", "Fit", "describe", "find_weights", "fit", "match_keys"]
@@ -178,5 +178,5 @@ def describe(obj: Any) -> str:
     if isinstance(obj, torch.Tensor):
         return f"a single tensor of shape {tuple(obj.shape)}"
     if isinstance(obj, list | tuple):
-        return f"a {type(obj).__name__} of {len(obj)} items"
-    return f"a {type(obj).__module__}.{type(obj).__qualname__} object"
+        return f"{a_kind(type(obj).__name__)} of {len(obj)} items"
+    return f"{a_kind(f'{type(obj).__module__}.{type(obj).__qualname__}')} object"

@@ -22,6 +22,7 @@ from relu_doctor import __version__
 from relu_doctor.analyze.columns import SITE_COLUMNS
 from relu_doctor.errors import UsageError
 from relu_doctor.output.plots import figure_svg, report_figure, require_matplotlib, timeline_figure
+from relu_doctor.output.table import bound_sentence
 
 STYLE = """
 :root { color-scheme: light; --dead: #c62828; --near: #b26a00; --line: #d0d7de; }
@@ -201,12 +202,9 @@ def _model_section(report: Any, index: int, findings: Mapping[str, Sequence[Any]
     parts = [f'<section class="model" id="model-{index}" data-model="{_e(model)}">']
     parts.append(f"<h2>{_e(model)}</h2>")
     parts.append(f'<p class="summary">{_e(_summary(report))}</p>')
-    n = report.samples
-    if n:
-        parts.append(
-            f'<p class="meta">Dead = 0 firings in {n} samples: firing rate &lt; 3/{n} = '
-            f"{3 / n:.2%} at 95% confidence. Scan more batches for a tighter claim.</p>"
-        )
+    bound = bound_sentence(report)
+    if bound is not None:
+        parts.append(f'<p class="meta">{_e(bound)}</p>')
     if findings is not None:
         parts.append("<h3>Findings</h3>")
         mine = list(findings.get(model, ()))
@@ -241,9 +239,10 @@ def _model_section(report: Any, index: int, findings: Mapping[str, Sequence[Any]
 
 def _summary(report: Any) -> str:
     executed = sum(1 for s in report.sites if s.executed)
+    nonfinite = f", {report.nonfinite_units} nonfinite" if report.nonfinite_units else ""
     return (
         f"{report.dead_units} of {report.total_units} ReLU units dead "
-        f"({report.dead_fraction:.1%}) across {executed} site{'s' * (executed != 1)}; "
+        f"({report.dead_fraction:.1%}){nonfinite} across {executed} site{'s' * (executed != 1)}; "
         f"{report.samples} samples in {report.batches} batches "
         f"({report.mode} mode, {report.device})."
     )

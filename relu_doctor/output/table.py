@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from relu_doctor.analyze.columns import SITE_COLUMNS, Column
-from relu_doctor.analyze.report import ModelReport, SiteReport
+from relu_doctor.analyze.report import WEAK_BOUND_SAMPLES, ModelReport, SiteReport
 from relu_doctor.output.document import Document, Failure
 
 #: Colour of each severity.
@@ -162,6 +162,8 @@ def summary(report: ModelReport) -> Text:
     if sites:
         text.append(f"{report.dead_units} of {report.total_units} ReLU units dead ", style="bold")
         text.append(f"({report.dead_fraction:.1%})", style=STYLES[report.severity] + " bold")
+        if report.nonfinite_units:
+            text.append(f", {report.nonfinite_units} nonfinite", style="bold magenta")
         text.append(f" across {sites} site{'s' if sites != 1 else ''}")
     else:
         kinds = sorted({s.activation for s in report.sites if s.executed})
@@ -175,14 +177,29 @@ def summary(report: ModelReport) -> Text:
         f"batch{'es' if report.batches != 1 else ''} ({report.mode} mode, {report.device}"
         f"{'' if report.grad else ', no gradients'}).\n"
     )
-    n, bound = report.min_samples, report.dead_bound
-    if bound is not None:
-        text.append(
-            f"Dead = 0 firings in {n} samples: firing rate < 3/{n} = {bound:.2%} at 95% "
-            "confidence.",
-            style="dim",
-        )
+    sentence = bound_sentence(report)
+    if sentence is not None:
+        text.append(sentence, style="dim")
     return text
+
+
+def bound_sentence(report: ModelReport) -> str | None:
+    """What "dead" means for this N (the rule of three), weak below ``WEAK_BOUND_SAMPLES``
+    and never a rate above 100%; None without samples."""
+    n, bound = report.min_samples, report.dead_bound
+    if bound is None:
+        return None
+    if not report.bound_is_weak:
+        claim = f"firing rate < 3/{n} = {bound:.2%} at 95% confidence."
+    elif bound < 1:
+        claim = (
+            f"firing rate < 3/{n} = {bound:.0%} at 95% confidence, a weak bound below "
+            f"{WEAK_BOUND_SAMPLES} samples; scan more batches."
+        )
+    else:
+        claim = "too few to bound the firing rate; scan more batches."
+    few = "only " if report.bound_is_weak else ""
+    return f"Dead = 0 firings in {few}{n} sample{'s' * (n != 1)}: {claim}"
 
 
 def suggestions(report: ModelReport) -> Group | None:

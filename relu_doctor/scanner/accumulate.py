@@ -83,6 +83,7 @@ class SiteAccumulator:
         self.abs_sum = torch.zeros(units, dtype=torch.float64, device=device)
         self.active = torch.zeros(units, dtype=torch.float64, device=device)
         self.max_out = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
+        self.nonfinite = torch.zeros(units, dtype=torch.float64, device=device)  # NaN/Inf outputs
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
 
     def _inner(self, ndim: int) -> tuple[int, ...]:
@@ -93,11 +94,21 @@ class SiteAccumulator:
         per-sample firing."""
         if self.relu_like and eps == 0:  # firing comes from the output: one fused amax here
             dims = (0, *self._inner(pre.ndim))
-            torch.maximum(self.max_pre, pre.amax(dim=dims), out=self.max_pre)
+            top = None if self._nan_safe else pre.amax(dim=dims)
+            if top is None or not _finite(top):  # NaN or Inf: the largest finite value
+                top = _finite_or_low(pre).amax(dim=dims)
+            torch.maximum(self.max_pre, top, out=self.max_pre)
         else:
+            if self._nan_safe:
+                pre = _finite_or_low(pre)
             # (N, U): the largest value each sample gives each unit.
             m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
-            torch.maximum(self.max_pre, m.amax(dim=0), out=self.max_pre)
+            top = m.amax(dim=0)
+            if not self._nan_safe and not _finite(top):
+                pre = _finite_or_low(pre)
+                m = pre if pre.ndim == 2 else pre.amax(dim=self._inner(pre.ndim))
+                top = m.amax(dim=0)
+            torch.maximum(self.max_pre, top, out=self.max_pre)
             # For every activation here, output > eps  <=>  pre-activation > eps (eps >= 0).
             self.fires += (m > eps).sum(dim=0)
         self.samples += pre.shape[0]
@@ -111,40 +122,71 @@ class SiteAccumulator:
         if not (self.relu_like and eps == 0):
             self._observe_out_general(out, eps, scratch)
             return
-        pos = torch.sign(out, out=scratch.like(out))  # 0/1 per element (outputs are >= 0)
+        f32 = torch.float32  # also for half outputs, whose sums and counts stop early
         if out.ndim == 2:  # each element is one (sample, unit): counts are the firing counts
-            mass, active = out.sum(dim=0), pos.sum(dim=0)
-            if self._has_nan(mass):
-                active = pos.nan_to_num_(0.0).sum(dim=0)
+            out, mass = self._finite_sum(out, (0,))
+            pos = torch.sign(out, out=scratch.like(out))  # 0/1 per element (outputs are >= 0)
+            active = pos.sum(dim=0, dtype=f32)
             self._fires_are_active = True
         else:
             inner = self._inner(out.ndim)
-            mass, per_sample = out.sum(dim=(0, *inner)), pos.sum(dim=inner)
-            if self._has_nan(mass):
-                per_sample = pos.nan_to_num_(0.0).sum(dim=inner)
+            out, mass = self._finite_sum(out, (0, *inner))
+            pos = torch.sign(out, out=scratch.like(out))
+            per_sample = pos.sum(dim=inner, dtype=f32)
             active = per_sample.sum(dim=0, dtype=torch.float64)  # totals can pass 2**24
             self.fires += torch.count_nonzero(per_sample, dim=0)
         self.abs_sum += mass
         self.active += active
 
-    def _has_nan(self, mass: torch.Tensor) -> bool:
-        """Does this batch hold a NaN (then NaN elements must not count as firing)? On the
-        CPU the check is free; on an accelerator it would be a host sync per site, so there
-        the NaN-safe count is always taken."""
-        return self._nan_safe or math.isnan(float(mass.sum()))
-
     def _observe_out_general(self, out: torch.Tensor, eps: float, scratch: Scratch) -> None:
         """eps > 0 or a non-ReLU activation: |h| and (h > eps) need their own passes."""
+        sums = None if self._nan_safe else self._general_sums(out, eps, scratch)
+        if sums is None or not _finite(sums[0]):  # NaN or Inf: again on the finite elements
+            low = _finite_or_low(out)  # for the largest finite output
+            top = (low if low.ndim == 2 else low.amax(dim=self._inner(low.ndim))).amax(dim=0)
+            mass, active, _ = self._general_sums(self._finite_only(out), eps, scratch)
+            sums = mass, active, top
+        mass, active, top = sums
+        torch.maximum(self.max_out, top, out=self.max_out)
+        self.abs_sum += mass
+        self.active += active
+
+    def _general_sums(
+        self, out: torch.Tensor, eps: float, scratch: Scratch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-unit mass, active elements and largest output of one batch."""
         f32 = torch.float32
+        mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
         mass = torch.abs(out, out=scratch.like(out)) if not self.relu_like else out
         pos = (out > eps).to(f32)
-        mx = out if out.ndim == 2 else out.amax(dim=self._inner(out.ndim))
-        torch.maximum(self.max_out, mx.amax(dim=0), out=self.max_out)
         if out.ndim > 2:
             inner = self._inner(out.ndim)
             mass, pos = mass.sum(dim=inner, dtype=f32), pos.sum(dim=inner, dtype=f32)
-        self.abs_sum += mass.sum(dim=0, dtype=torch.float64)
-        self.active += pos.sum(dim=0, dtype=torch.float64)
+        f64 = torch.float64
+        return mass.sum(dim=0, dtype=f64), pos.sum(dim=0, dtype=f64), mx.amax(dim=0)
+
+    # -- NaN and Inf (docs/metrics.md), apart from the reductions above ---------------------
+    # On the CPU a per-unit reduction tells cheaply whether a batch holds NaN or Inf; on an
+    # accelerator that check would be a host sync per site, so there the exact path is
+    # always taken.
+
+    def _finite_sum(
+        self, out: torch.Tensor, dims: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``out`` and its per-unit sum over ``dims``; for a batch holding NaN or Inf, both
+        on the finite elements only (``_finite_only``)."""
+        mass = None if self._nan_safe else out.sum(dim=dims, dtype=torch.float32)
+        if mass is None or not _finite(mass):
+            out = self._finite_only(out)
+            mass = out.sum(dim=dims, dtype=torch.float32)
+        return out, mass
+
+    def _finite_only(self, out: torch.Tensor) -> torch.Tensor:
+        """``out`` with NaN and Inf as 0, which never fires and adds no mass, after counting
+        them per unit in ``nonfinite`` (so the element counts can leave them out)."""
+        dims = (0, *self._inner(out.ndim))
+        self.nonfinite += (~torch.isfinite(out)).sum(dim=dims, dtype=torch.float64)
+        return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
     def observe_grad(self, grad_input: torch.Tensor) -> None:
         """One batch's L2 norm of the loss gradient w.r.t. the site's input."""
@@ -159,7 +201,14 @@ class SiteAccumulator:
         counts = torch.tensor(
             [self.samples, self.calls, self.elements, self.grad_calls], device=device
         )
-        for t in (counts, self.fires, self.abs_sum, self.active, self.grad_norm_sum):
+        for t in (
+            counts,
+            self.fires,
+            self.abs_sum,
+            self.active,
+            self.nonfinite,
+            self.grad_norm_sum,
+        ):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
         for t in (self.max_pre, self.max_out):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
@@ -178,12 +227,24 @@ class SiteAccumulator:
             active=_counts(self.active),
             max_out=None if self.relu_like else self.max_out.double().cpu().numpy().copy(),
             grad_norm_sum=float(self.grad_norm_sum),
+            nonfinite=_counts(self.nonfinite),
         )
 
 
 def _counts(t: torch.Tensor) -> np.ndarray:
-    """Float-summed counts to int64; NaN (a unit that saw NaN) counts as 0, flagged elsewhere."""
-    return np.nan_to_num(t.cpu().numpy(), nan=0.0, posinf=0.0).astype(np.int64)
+    """Float-summed counts (exact: NaN and Inf never reach them) to int64."""
+    return t.cpu().numpy().astype(np.int64)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in ``t`` (a sum is the cheapest test: any of them spoils it; in float64,
+    so that large half-precision values do not overflow it)."""
+    return math.isfinite(float(t.sum(dtype=torch.float64)))
+
+
+def _finite_or_low(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with NaN and +Inf as -Inf: its maximum is the largest finite value."""
+    return torch.nan_to_num(t, nan=-torch.inf, posinf=-torch.inf)
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,6 +262,7 @@ class UnitTotals:
     active: np.ndarray
     max_out: np.ndarray | None
     grad_norm_sum: float
+    nonfinite: np.ndarray  # per unit: NaN/Inf output elements, left out of all the others
 
     @property
     def units(self) -> int:
@@ -224,4 +286,5 @@ class UnitTotals:
             active=self.active + other.active,
             max_out=max_out,
             grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
+            nonfinite=self.nonfinite + other.nonfinite,
         )

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves, tree_map_only
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map_only, tree_unflatten
 
-from relu_doctor.errors import InputError, UsageError, param
+from relu_doctor.errors import InputError, UsageError, a_kind, param
 
 _ITEM_FORMS = "a tensor, an (inputs, targets) pair, a tuple of tensors or a dict of keyword inputs"
 _ACCEPTED = (
@@ -84,6 +84,86 @@ class Batches:
         return Batches(itertools.islice(self._items, n), total)
 
 
+class Rebatched(Batches):
+    """Exactly ``size`` samples per batch, for a model that takes no other batch size (an
+    export program traced with a fixed one): batches are split and joined along dim 0,
+    tensors at any depth (a tensor whose dim 0 is not the batch's samples is kept from the
+    first batch of each piece). A last batch with fewer samples is left out: ``dropped``
+    counts its samples once the stream is consumed."""
+
+    def __init__(self, stream: Batches, size: int) -> None:
+        super().__init__(self._cut(stream, size), None)
+        self.size = size
+        self.dropped = 0
+
+    def _cut(self, stream: Batches, size: int) -> Iterator[Batch]:
+        carry: Batch | None = None
+        for batch in stream:
+            whole = batch if carry is None else _join(carry, batch)
+            start = 0
+            while whole.rows - start >= size:
+                yield _rows(whole, start, start + size)
+                start += size
+            carry = _rows(whole, start, whole.rows) if start < whole.rows else None
+        self.dropped = carry.rows if carry is not None else 0
+
+
+class TailJoined(Batches):
+    """A last batch of one sample joined to the batch before it, so that train-mode
+    BatchNorm, which cannot normalise a single sample, never meets it alone (README "Your
+    own data"). Reads one batch ahead; ``total`` drops by one when a tail is joined."""
+
+    def __init__(self, stream: Batches) -> None:
+        super().__init__(self._join(stream), stream.total)
+
+    def _join(self, stream: Batches) -> Iterator[Batch]:
+        items = iter(stream)
+        current = next(items, None)
+        while current is not None:
+            following = next(items, None)
+            if following is not None and following.rows == 1 and current.rows > 1:
+                after = next(items, None)
+                if after is None:  # the lone sample is the last one
+                    self.total = None if self.total is None else self.total - 1
+                    yield _join(current, following)
+                    return
+                yield current
+                yield following
+                current = after
+                continue
+            yield current
+            current = following
+
+
+def _batched(batch: Batch) -> tuple[list[Any], Any, list[bool]]:
+    leaves, spec = tree_flatten((batch.args, batch.kwargs, batch.targets))
+    rows = [
+        isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == batch.rows for t in leaves
+    ]
+    return leaves, spec, rows
+
+
+def _rows(batch: Batch, start: int, stop: int) -> Batch:
+    """Samples ``start:stop`` of ``batch`` (views)."""
+    leaves, spec, rows = _batched(batch)
+    cut = [t[start:stop] if r else t for t, r in zip(leaves, rows, strict=True)]
+    args, kwargs, targets = tree_unflatten(cut, spec)
+    return Batch(args, kwargs, targets, stop - start)
+
+
+def _join(a: Batch, b: Batch) -> Batch:
+    """The samples of ``a`` then ``b`` (batches of the same form)."""
+    (la, spec, ra), (lb, spec_b, rb) = _batched(a), _batched(b)
+    if spec != spec_b or ra != rb:
+        raise InputError(
+            "the batches change form (other inputs or targets), so they cannot be re-cut "
+            "to the batch size the model takes"
+        )
+    joined = [torch.cat([x, y]) if r else x for x, y, r in zip(la, lb, ra, strict=True)]
+    args, kwargs, targets = tree_unflatten(joined, spec)
+    return Batch(args, kwargs, targets, a.rows + b.rows)
+
+
 def check_batch_args(batch_size: int, batches: int | None) -> None:
     """Reject a non-positive batch size or batch count before anything is loaded."""
     checks = [("batch_size", batch_size)] + ([("batches", batches)] if batches is not None else [])
@@ -103,14 +183,10 @@ def _make_batch(args: tuple[Any, ...], kwargs: dict[str, Any], targets: Any, wha
             targets = torch.as_tensor(_numpy_to_tensor(targets))
         except (TypeError, ValueError, RuntimeError) as exc:
             kind = type(targets).__name__
-            raise InputError(f"{what}: targets are {_article(kind)} {kind}, not a tensor") from exc
+            raise InputError(f"{what}: targets are {a_kind(kind)}, not a tensor") from exc
     if targets is not None and targets.dim() > 0 and targets.shape[0] != rows:
         raise InputError(f"{what} has {rows} samples but {targets.shape[0]} targets")
     return Batch(args, kwargs, targets, rows)
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def tensor_batches(x: torch.Tensor, targets: torch.Tensor | None, batch_size: int) -> Batches:
@@ -159,7 +235,7 @@ def _item_to_batch(item: Any, what: str) -> Batch:
         )
         return _make_batch(args, {}, targets, what)
     kind = type(item).__name__
-    raise InputError(f"{what} is {_article(kind)} {kind}; each batch must be {_ITEM_FORMS}")
+    raise InputError(f"{what} is {a_kind(kind)}; each batch must be {_ITEM_FORMS}")
 
 
 def as_batches(data: Any, batch_size: int, what: str = "data") -> Batches:
@@ -185,11 +261,11 @@ def as_batches(data: Any, batch_size: int, what: str = "data") -> Batches:
             f"accepted: {_ACCEPTED}"
         )
     if isinstance(data, (str, bytes)):
-        raise InputError(f"{what} is {_article(kind)} {kind}; accepted: {_ACCEPTED}")
+        raise InputError(f"{what} is {a_kind(kind)}; accepted: {_ACCEPTED}")
     try:
         items = iter(data)
     except TypeError:
-        raise InputError(f"{what} is {_article(kind)} {kind}; accepted: {_ACCEPTED}") from None
+        raise InputError(f"{what} is {a_kind(kind)}; accepted: {_ACCEPTED}") from None
     total = len(data) if isinstance(data, Sized) else None
 
     def gen() -> Iterator[Batch]:
@@ -199,13 +275,19 @@ def as_batches(data: Any, batch_size: int, what: str = "data") -> Batches:
     return Batches(gen(), total)
 
 
+_TORCH_INTS = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64))
+
+
 def array_to_tensor(arr: Any, name: str, target: bool = False) -> torch.Tensor:
-    """numpy -> torch with model-friendly dtypes: float64 -> float32, ints -> int64."""
+    """numpy -> torch: float64 -> float32; integer inputs keep a type torch has (uint8 images
+    stay uint8: the scan decides how they reach the model), targets and other integers
+    become int64."""
     kind = arr.dtype.kind
     if kind == "b":
         arr = arr.astype(np.int64 if target else np.float32)
     elif kind in "iu":
-        arr = arr.astype(np.int64)
+        if target or arr.dtype not in _TORCH_INTS:
+            arr = arr.astype(np.int64)
     elif kind == "f" and arr.dtype.itemsize > 4:
         arr = arr.astype(np.float32)
     elif kind not in "fc":

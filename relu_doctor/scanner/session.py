@@ -20,7 +20,7 @@ from relu_doctor.errors import CaptureError, InputError, ReluDoctorError, one_li
 from relu_doctor.scanner.batches import Batch, iter_tensors
 from relu_doctor.scanner.capture import Recorder, SiteRecord
 from relu_doctor.scanner.gradients import LOSSES, ParamGrads, backward, loss_name, loss_of
-from relu_doctor.scanner.shapes import first_layer
+from relu_doctor.scanner.shapes import first_layer, is_arguments_error
 from relu_doctor.scanner.sites import Resolver, make_resolver
 from relu_doctor.scanner.topology import TopologyTracker
 
@@ -107,7 +107,7 @@ class ScanSession:
         except ReluDoctorError:
             raise
         except Exception as exc:
-            raise self._forward_error(exc) from exc
+            raise self._forward_error(exc, batch) from exc
 
     def _step(self, batch: Batch) -> None:
         if not self.grad:
@@ -136,10 +136,26 @@ class ScanSession:
         if grads is not None:
             self.param_grads.add(grads[: len(self.params)])
 
-    def _forward_error(self, exc: Exception) -> ReluDoctorError:
+    def _forward_error(self, exc: Exception, batch: Batch) -> ReluDoctorError:
         where = self.recorder.where()
         msg = f"forward pass failed in {where or '<root>'}: {type(exc).__name__}: {one_line(exc)}"
         text = str(exc)
+        if self.batches == 0 and any(w in text for w in ("dtype", "scalar type", "type (")):
+            return self._dtype_error(msg, batch)
+        if self.batches == 0 and is_arguments_error(exc):
+            return InputError(
+                f"{msg}. The batches do not give the arguments the forward takes; pass "
+                f"{param('data')} file.py:make_batches, a function returning batches as dicts "
+                'of keyword inputs or ((inputs, ...), targets) pairs (README "Your own data")',
+                param="data",
+            )
+        if "more than 1 value per channel when training" in text:
+            return InputError(
+                f"{msg}. In train mode BatchNorm needs at least 2 samples per batch "
+                f"(this one has {batch.rows}): raise {param('batch_size')} or scan in "
+                f"{param('mode', 'eval')}",
+                param="batch_size",
+            )
         shapes = ("shape", "size", "mat1", "channels", "dimension")
         if self.batches == 0 and any(w in text for w in shapes):
             layer = first_layer(self.module)
@@ -150,6 +166,18 @@ class ScanSession:
                 param="data",
             )
         return CaptureError(msg)
+
+    def _dtype_error(self, msg: str, batch: Batch) -> ReluDoctorError:
+        """A forward that failed on the type of its inputs: say which types met."""
+        inputs = dict.fromkeys(_name(t.dtype) for t in iter_tensors((batch.args, batch.kwargs)))
+        weights = dict.fromkeys(_name(p.dtype) for p in self.module.parameters())
+        return InputError(
+            f"{msg}. The inputs are {', '.join(inputs)}, the model's weights "
+            f"{', '.join(weights) or 'none'}: float inputs take the weights' float type, and "
+            "integer inputs become float or token ids only where the first layer tells which "
+            f"(Linear, Conv, Embedding, ...); convert the others where {param('data')} makes them",
+            param="data",
+        )
 
     def finish(self, distributed: bool) -> RawScan:
         """Totals of every site (summed over ranks when ``distributed``)."""
@@ -171,6 +199,10 @@ class ScanSession:
             tuple(self.losses),
             self.resolver.declared(),
         )
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _sum_counts(samples: int, batches: int, dev: torch.device) -> tuple[int, int]:

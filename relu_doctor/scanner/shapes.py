@@ -11,6 +11,7 @@ batch size.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,7 @@ _CONSUMERS: tuple[type[nn.Module], ...] = tuple(
 Shape = tuple[int, ...]
 
 
-def _consumer(module: nn.Module) -> str | None:
+def consumer_kind(module: nn.Module) -> str | None:
     """Class name of an input-consuming layer (TorchScript keeps it as ``original_name``)."""
     if isinstance(module, torch.jit.ScriptModule):
         name = str(getattr(module, "original_name", ""))
@@ -108,7 +109,7 @@ def infer_input_shape(model: nn.Module) -> tuple[Shape, torch.dtype] | None:
     if found is not None:
         return found
     for module in model.modules():
-        kind = _consumer(module)
+        kind = consumer_kind(module)
         if kind is not None:
             return _shape_for(kind, module)
     return None
@@ -117,7 +118,7 @@ def infer_input_shape(model: nn.Module) -> tuple[Shape, torch.dtype] | None:
 def infer_int_high(model: nn.Module) -> int | None:
     """Vocabulary size of the first embedding, so synthetic ids cover more than {0, 1}."""
     for module in model.modules():
-        kind = _consumer(module)
+        kind = consumer_kind(module)
         if kind in ("Embedding", "EmbeddingBag"):
             n = _int_attr(module, "num_embeddings")
             w = _weight_shape(module)
@@ -141,6 +142,36 @@ def first_layer(model: nn.Module) -> str:
         if isinstance(mod, nn.modules.conv._ConvNd):
             return f"{path} ({type(mod).__name__}, in_channels={mod.in_channels})"
     return ""
+
+
+def required_inputs(model: nn.Module) -> list[str]:
+    """Names of the forward's arguments without a default ([] when it cannot be read)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a traced TorchScript method: its schema tells
+        schema = getattr(model.forward, "schema", None)
+        args = list(schema.arguments)[1:] if schema is not None else []
+        return [a.name for a in args if not a.has_default_value()]
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in params if p.kind not in variadic and p.default is p.empty]
+
+
+def several_inputs_error(names: list[str]) -> InputError:
+    """Synthetic inputs are one tensor: a forward that needs more has to be given data."""
+    shown = ", ".join(names)
+    takes = f"{len(names)} inputs ({shown})" if names else "other arguments than one tensor"
+    example = " (" + ", ".join(f"'{n}': {n}" for n in names).join("{}") + ")" if names else ""
+    return InputError(
+        f"the model's forward takes {takes} and synthetic inputs are one tensor; pass "
+        f"{param('data')} file.py:make_batches, a function returning batches as dicts of "
+        f'keyword inputs{example} (README "Your own data")',
+        param="data",
+    )
+
+
+def is_arguments_error(exc: BaseException) -> bool:
+    """A TypeError of a call with the wrong arguments (``missing 1 required ...``)."""
+    return isinstance(exc, TypeError) and "argument" in str(exc)
 
 
 def fixed_batch_size(model: nn.Module, runtime: str) -> int | None:
@@ -215,6 +246,8 @@ def _probe(
                 batch.forward(model)
             return cand
         except Exception as exc:  # the model's own error: try the next size
+            if is_arguments_error(exc):  # no size will do: it wants other arguments
+                raise several_inputs_error(required_inputs(model)) from exc
             first = first or exc
     layer = " ".join(("layer", first_layer(model))).strip()
     raise InputError(
@@ -239,6 +272,8 @@ def synthetic_inputs(
     """Seeded batches shaped for ``model``: ``input_shape`` when given, else inferred (and,
     for a spatial guess, probed against the model)."""
     dtype, high = torch.float32, infer_int_high(model) or 2
+    if len(needed := required_inputs(model)) > 1:
+        raise several_inputs_error(needed)
     if input_shape is None:
         inferred = infer_input_shape(model)
         if inferred is None and exported is not None and exported.example_inputs:
