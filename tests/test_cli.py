@@ -169,7 +169,7 @@ def test_format_markdown_on_stdout(m: Any) -> None:
     r = ok(run("scan", deep.path, m["all_dead"].path, *FAST, "--format", "markdown"))
     text = r.stdout
     assert "### deep.pt\n\n5 of 24 ReLU units dead (20.8%) across 2 sites" in text
-    assert "firing rate < 4.69% at 95% confidence" in text  # 3/64
+    assert "firing rate < 3/64 = 4.69% at 95% confidence" in text
     assert "**Suggestions**" in text  # all_dead has some
     lines = [line for line in text.split("### all_dead.pt")[0].splitlines() if line[:1] == "|"]
     header = [c.strip() for c in lines[0].strip("|").split("|")]

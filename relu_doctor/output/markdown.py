@@ -28,17 +28,17 @@ def table(header: list[str], rows: Iterable[Iterable[Any]]) -> list[str]:
 
 def summary(r: ModelReport) -> str:
     """The summary line, with the honest bound of what "dead" means for this N."""
+    from relu_doctor.output.table import bound_sentence
+
+    nonfinite = f", {r.nonfinite_units} nonfinite" if r.nonfinite_units else ""
     text = (
-        f"{r.dead_units} of {r.total_units} ReLU units dead ({r.dead_fraction:.1%}) across "
-        f"{len(r.counted_sites)} sites; {r.samples} samples in {r.batches} batches "
+        f"{r.dead_units} of {r.total_units} ReLU units dead ({r.dead_fraction:.1%}){nonfinite} "
+        f"across {len(r.counted_sites)} site{'s' * (len(r.counted_sites) != 1)}; "
+        f"{r.samples} samples in {r.batches} batch{'es' * (r.batches != 1)} "
         f"({r.mode} mode, {r.device})."
     )
-    if r.dead_bound is not None:
-        text += (
-            f" Dead = 0 firings in {r.min_samples} samples: firing rate < "
-            f"{min(r.dead_bound, 1.0):.2%} at 95% confidence."
-        )
-    return text
+    bound = bound_sentence(r)
+    return text if bound is None else f"{text} {bound}"
 
 
 def model_section(r: ModelReport) -> list[str]:
