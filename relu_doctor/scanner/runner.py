@@ -118,7 +118,7 @@ def run_scan(
         else:
             stream = as_batches(data, batch_size).limit(batches)
         with ScanSession(
-            module, target.runtime, eps=eps, grad=grad, unit_dim=unit_dim, device=dev
+            module, target.runtime, eps=eps, grad=grad, unit_dim=unit_dim, device=dev, seed=seed
         ) as session:
             for batch in stream:
                 session.run_batch(batch)
