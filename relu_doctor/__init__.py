@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelReport", "SiteReport", "SiteStats", "__version__", "scan"]
+__all__ = ["ModelReport", "SiteReport", "SiteStats", "__version__", "explain", "scan"]
 
 if TYPE_CHECKING:
+    from relu_doctor.analyze.assemble import explain
     from relu_doctor.analyze.report import ModelReport, SiteReport
     from relu_doctor.analyze.report import SiteReport as SiteStats
     from relu_doctor.api import scan
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 #: Public name -> (module, attribute), imported on first use.
 _LAZY = {
     "scan": ("relu_doctor.api", "scan"),
+    "explain": ("relu_doctor.analyze.assemble", "explain"),
     "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
     "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
     "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name

@@ -82,7 +82,7 @@ def summary(report: ModelReport) -> Text:
     text.append(
         f"; {report.samples} samples in {report.batches} "
         f"batch{'es' if report.batches != 1 else ''} ({report.mode} mode, {report.device}"
-        f"{'' if report.grad else ', no gradients'}).\n"
+        f"{_gradients(report)}).\n"
     )
     n, bound = report.min_samples, report.dead_bound
     if bound is not None:
@@ -91,7 +91,26 @@ def summary(report: ModelReport) -> Text:
             "confidence.",
             style="dim",
         )
+    if any(s.row().get("causes") for s in report.sites):
+        text.append(f"\n{CAUSES_LEGEND}", style="dim")
     return text
+
+
+#: What the letters of the ``causes`` column stand for.
+CAUSES_LEGEND = (
+    "Causes: c collapsed, s starved, b bias, w weights, ? unknown (evidence per unit in the "
+    "per-unit dump)."
+)
+
+
+def _gradients(report: ModelReport) -> str:
+    """Which loss the gradients come from (``, surrogate loss``), or that there are none."""
+    if not report.grad:
+        return ", no gradients"
+    if not report.losses:
+        return ""
+    names = [name.replace("_", "-") for name in report.losses]
+    return f", {' and '.join(names)} loss{'es' if len(names) > 1 else ''}"
 
 
 def suggestions(report: ModelReport) -> Group | None:
