@@ -169,6 +169,8 @@ def test_units_that_read_only_dead_units_are_starved(runtime: str) -> None:
     note = notes(report, "relu#2")[0]
     assert note.startswith("reads only units 0, 1 of relu#1") and "fix relu#1 first" in note
     assert report.site("relu#2").extras["causes"].upstream == "relu#1"
+    again = relu_doctor.explain(report, model)  # takes what scan takes, export included
+    assert {s: causes(again, s) for s in STARVING} == STARVING
 
 
 class ConvStarving(nn.Module):

@@ -68,16 +68,23 @@ def _causes(site: SiteReport) -> UnitCauses | None:
     return found if isinstance(found, UnitCauses) else None
 
 
+_COLLAPSED = (
+    "have collapsed incoming weights (|w| <= 1e-6 x the layer median), which no activation "
+    "slope can move"
+)
+
+
 def _site_suggestions(site: SiteReport, order: int) -> list[_Ranked]:
+    """A site's own suggestions: starved units point upstream, collapsed ones need ReDo, the
+    rest go by how far below zero they sit and how much of the layer is dead."""
     u = site.totals
     if not site.counted or not site.dead or u is None:
         return []
-    dead = u.fires == 0
     causes = _causes(site)
     cause = causes.cause if causes is not None else np.full(u.units, None, dtype=object)
     collapsed = int((cause == "collapsed").sum())
     starved = int((cause == "starved").sum())
-    rest = dead & (cause != "collapsed") & (cause != "starved") & np.isfinite(u.max_pre)
+    rest = (u.fires == 0) & (cause != "collapsed") & (cause != "starved") & np.isfinite(u.max_pre)
     out: list[_Ranked] = []
     if starved and causes is not None and causes.upstream:
         up = causes.upstream
@@ -86,55 +93,52 @@ def _site_suggestions(site: SiteReport, order: int) -> list[_Ranked]:
             f"non-zero weight is a dead unit of {up}; fix {up} first and they can fire again"
         )
         out.append(_Ranked(starved, order, Suggestion(site.site, "upstream", text)))
-    margin = None
+    redo: list[tuple[int, str]] = [(collapsed, _COLLAPSED)] if collapsed else []
     if rest.any():
         margin = _Margin(int(rest.sum()), float(np.median(u.max_pre[rest])), _live_scale(site))
-    redo: list[tuple[int, str]] = []  # (units, what they do: a verb phrase, plural)
-    if collapsed:
-        redo.append(
-            (
-                collapsed,
-                "have collapsed incoming weights (|w| <= 1e-6 x the layer median), which no "
-                "activation slope can move",
-            )
-        )
-    if margin is not None:
-        depth, fraction = margin.depth, site.dead_fraction or 0.0
-        if depth is not None and depth < SHALLOW_MARGIN:
-            text = (
-                f"{margin.units} of {site.units} units never fire but sit just below zero "
-                f"({margin.words()}): LeakyReLU(0.01) passes them a gradient so they can recover"
-            )
-            out.append(_Ranked(margin.units, order, Suggestion(site.site, "leaky_relu", text)))
-        elif depth is not None and depth < DEEP_MARGIN and fraction >= MUCH_DEAD:
-            text = (
-                f"{fraction:.0%} of the layer is dead ({site.dead} of {site.units}) at moderate "
-                f"margins ({margin.words()}): PReLU learns a negative slope per channel (ELU's "
-                "smooth negative side also keeps the gradient flowing)"
-            )
-            out.append(_Ranked(margin.units, order, Suggestion(site.site, "prelu", text)))
-        elif depth is None:
-            redo.append((margin.units, f"sit below zero ({margin.words()})"))
-        elif depth >= DEEP_MARGIN:
-            far = (
-                f"sit far below zero ({margin.words()}), where a 0.01 slope passes ~1% of "
-                "the gradient"
-            )
-            redo.append((margin.units, far))
+        action, text = _by_margin(site, margin)
+        if action == "reinit":
+            redo.append((margin.units, text))
         else:
-            few = f"{margin.words()}, only {fraction:.0%} of the layer dead"
-            redo.append((margin.units, f"sit below zero ({few})"))
+            out.append(_Ranked(margin.units, order, Suggestion(site.site, action, text)))
     if redo:
-        units = sum(n for n, _ in redo)
-        if len(redo) == 1:
-            why = f"{units} of {site.units} units never fire and {redo[0][1]}"
-        else:
-            parts = "; ".join(
-                f"{n} {_singular(phrase) if n == 1 else phrase}" for n, phrase in redo
-            )
-            why = f"{units} of {site.units} units never fire: {parts}"
-        out.append(_Ranked(units, order, Suggestion(site.site, "reinit", f"{why}: {_REDO}")))
+        out.append(_redo(site, redo, order))
     return out
+
+
+def _by_margin(site: SiteReport, margin: _Margin) -> tuple[str, str]:
+    """(action, reason) for dead units by their margin: a leaky slope when shallow, PReLU when
+    moderate and much of the layer is dead, else ReDo (the reason is then a verb phrase)."""
+    depth, fraction = margin.depth, site.dead_fraction or 0.0
+    if depth is not None and depth < SHALLOW_MARGIN:
+        return "leaky_relu", (
+            f"{margin.units} of {site.units} units never fire but sit just below zero "
+            f"({margin.words()}): LeakyReLU(0.01) passes them a gradient so they can recover"
+        )
+    if depth is not None and depth < DEEP_MARGIN and fraction >= MUCH_DEAD:
+        return "prelu", (
+            f"{fraction:.0%} of the layer is dead ({site.dead} of {site.units}) at moderate "
+            f"margins ({margin.words()}): PReLU learns a negative slope per channel (ELU's "
+            "smooth negative side also keeps the gradient flowing)"
+        )
+    if depth is None:
+        return "reinit", f"sit below zero ({margin.words()})"
+    if depth >= DEEP_MARGIN:
+        return "reinit", (
+            f"sit far below zero ({margin.words()}), where a 0.01 slope passes ~1% of the gradient"
+        )
+    return "reinit", f"sit below zero ({margin.words()}, only {fraction:.0%} of the layer dead)"
+
+
+def _redo(site: SiteReport, parts: list[tuple[int, str]], order: int) -> _Ranked:
+    """One ReDo suggestion for every group of units that needs it (count, verb phrase)."""
+    units = sum(n for n, _ in parts)
+    if len(parts) == 1:
+        why = f"{units} of {site.units} units never fire and {parts[0][1]}"
+    else:
+        each = "; ".join(f"{n} {_singular(p) if n == 1 else p}" for n, p in parts)
+        why = f"{units} of {site.units} units never fire: {each}"
+    return _Ranked(units, order, Suggestion(site.site, "reinit", f"{why}: {_REDO}"))
 
 
 def _singular(phrase: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relu_doctor.activations import UNMEASURED, Activation
 from relu_doctor.analyze.advice import suggest
@@ -124,9 +124,13 @@ def build_report(
     return replace(report, suggestions=tuple(suggest(report)))
 
 
-def explain(report: ModelReport, module: nn.Module) -> ModelReport:
-    """``report`` with the causes of its dead units decided (again) from ``module``, and the
-    suggestions that follow: e.g. for rows rebuilt from totals merged across processes."""
+def explain(report: ModelReport, model: Any) -> ModelReport:
+    """``report`` with the causes of its dead units decided (again) from ``model`` (anything
+    ``scan`` takes), and the suggestions that follow: e.g. for rows rebuilt from totals
+    merged across processes."""
+    from relu_doctor.scanner.runner import as_target
+
+    module = as_target(model).module
     views = [
         SiteView(
             s.site,
