@@ -17,11 +17,13 @@ __all__ = [
     "SiteStats",
     "__version__",
     "check",
+    "diagnose",
     "repair",
     "scan",
 ]
 
 if TYPE_CHECKING:
+    from relu_doctor.analyze.assemble import diagnose
     from relu_doctor.analyze.report import ModelReport, SiteReport
     from relu_doctor.analyze.report import SiteReport as SiteStats
     from relu_doctor.api import scan
@@ -35,6 +37,7 @@ _LAZY = {
     "check": ("relu_doctor.gate.judge", "check"),
     "repair": ("relu_doctor.fix.repair", "repair"),
     "FixReport": ("relu_doctor.fix.proof", "FixReport"),
+    "diagnose": ("relu_doctor.analyze.assemble", "diagnose"),
     "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
     "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
     "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name

@@ -73,4 +73,5 @@ def scan(
         device=str(dev),
         runtime=target.runtime,
         warnings=target.warnings,
+        module=target.module,
     )

@@ -48,6 +48,10 @@ def test_cuda_scan_matches_cpu_scan() -> None:
         assert a.sparsity == pytest.approx(b.sparsity, rel=1e-6)
         assert a.max_activation == pytest.approx(b.max_activation, rel=1e-4)
         assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-3)
+        assert (a.causes, a.zero_grad) == (b.causes, b.zero_grad)
+        assert a.grad_noise == pytest.approx(b.grad_noise, rel=1e-2)
+        # 64 samples fit the row sample, drawn with the same seed: same rows, same positions.
+        assert a.eff_rank == pytest.approx(b.eff_rank, rel=1e-2)  # TF32 convolutions
 
 
 def test_cuda_model_is_scanned_where_it_is() -> None:
@@ -56,6 +60,9 @@ def test_cuda_model_is_scanned_where_it_is() -> None:
     assert report.device.startswith("cuda")
     assert next(model.parameters()).is_cuda
     assert report.dead_units == 5
+    # Causes read the weights where they are (on the GPU); the planted biases killed them.
+    assert [s.causes for s in report.sites] == [{"bias": 2}, {"bias": 3}]
+    assert [s.zero_grad for s in report.sites] == [2, 3]
 
 
 def test_cuda_repair_keeps_the_function_and_the_device() -> None:

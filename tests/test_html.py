@@ -297,9 +297,12 @@ def test_findings_suggestions_causes_and_warnings(planted: dict[str, Any]) -> No
     )
     # Causes only where a site has some, most frequent first; warnings escaped.
     assert "Causes" in page.section_headings("deep.pt")
-    assert "Causes" not in page.section_headings("mlp.pt")
+    assert "Causes" in page.section_headings("mlp.pt")  # the scan's own: 3 zeroed rows
+    healthy = Page(html_page([planted["healthy"]]))
+    assert "Causes" not in healthy.section_headings("healthy.pt")
     text = html.unescape(re.sub(r"<[a-z/][^>]*>", "", html_page(report)))
     assert "act1: bias pushed below zero: 2, <dead input>: 1" in text
+    assert "act1: collapsed: 3" in html.unescape(re.sub(r"<[a-z/][^>]*>", "", html_page(mlp)))
     assert "Warnings" in page.section_headings("deep.pt")
     assert "only &lt;8&gt; batches" in html_page(report)
     # Suggestions of the report, each with its site and action.

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from relu_doctor.activations import UNMEASURED, Activation
 from relu_doctor.analyze.advice import suggest
-from relu_doctor.analyze.metrics import Thresholds
+from relu_doctor.analyze.causes import SiteView, UnitCauses, explain_sites
+from relu_doctor.analyze.metrics import Thresholds, unit_metrics
 from relu_doctor.analyze.report import ModelReport, ParamGrad, SiteReport
 from relu_doctor.errors import CaptureError
 from relu_doctor.scanner.session import RawScan
 from relu_doctor.scanner.sites import site_name
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _not_executed(
@@ -80,21 +85,39 @@ def build_report(
     device: str,
     runtime: str,
     warnings: tuple[str, ...] = (),
+    module: nn.Module | None = None,
 ) -> ModelReport:
-    """Name the sites (``act#2`` only for modules that ran more than once per forward)."""
+    """Name the sites (``act#2`` only for modules that ran more than once per forward);
+    with the scanned ``module``, say why each dead unit died."""
     repeats = Counter(r.key.group for r in raw.sites)
+    names = [site_name(r.key, repeats[r.key.group] > 1) for r in raw.sites]
+    causes: dict[str, UnitCauses] = {}
+    if module is not None:
+        views = [
+            SiteView(
+                name,
+                r.totals,
+                unit_metrics(r.totals, r.info.activation, th).dead,
+                r.topology,
+                r.info.activation,
+                r.info.unit_dim,
+            )
+            for name, r in zip(names, raw.sites, strict=True)
+        ]
+        causes = explain_sites(module, views, train=mode == "train", eps=th.eps)
     sites = [
         SiteReport.from_totals(
             r.totals,
             r.info.activation,
             model=model,
-            site=site_name(r.key, repeats[r.key.group] > 1),
+            site=name,
             kind=r.info.kind,
             thresholds=th,
             unit_dim=r.info.unit_dim,
             topology=r.topology,
+            extras={"causes": causes[name]} if name in causes else None,
         )
-        for r in raw.sites
+        for name, r in zip(names, raw.sites, strict=True)
     ]
     declared = raw.declared
     ran = {r.key.path for r in raw.sites if r.key.module_site}
@@ -115,4 +138,31 @@ def build_report(
         runtime=runtime,
         losses=raw.losses,
     )
-    return replace(report, suggestions=tuple(suggest(report.sites, report.dead_fraction)))
+    return replace(report, suggestions=tuple(suggest(report)))
+
+
+def diagnose(report: ModelReport, model: Any) -> ModelReport:
+    """``report`` with the causes of its dead units decided (again) from ``model`` (anything
+    ``scan`` takes), and the suggestions that follow: e.g. for rows rebuilt from totals
+    merged across processes."""
+    from relu_doctor.scanner.runner import as_target
+
+    module = as_target(model).module
+    views = [
+        SiteView(
+            s.site,
+            s.totals,
+            unit_metrics(s.totals, s.act, report.thresholds).dead,
+            s.topology,
+            s.act,
+            s.unit_dim,
+        )
+        for s in report.sites
+        if s.totals is not None
+    ]
+    found = explain_sites(module, views, train=report.mode == "train", eps=report.thresholds.eps)
+    sites = tuple(
+        s.with_extras(causes=found[s.site]) if s.site in found else s for s in report.sites
+    )
+    report = replace(report, sites=sites)
+    return replace(report, suggestions=tuple(suggest(report)))

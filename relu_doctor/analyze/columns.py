@@ -9,15 +9,18 @@ so a new column is one ``site_column`` (or ``unit_column``) call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
 from relu_doctor.activations import Activation
+from relu_doctor.analyze.causes import CauseCounts, UnitCauses
 from relu_doctor.analyze.glyphs import sparkline
 from relu_doctor.analyze.metrics import UnitMetrics, finite_median
+from relu_doctor.analyze.rank import effective_rank
 from relu_doctor.registry import Registry
 from relu_doctor.scanner.accumulate import UnitTotals
 from relu_doctor.scanner.topology import SiteTopology
@@ -51,7 +54,8 @@ def _pct(value: Any) -> str:
 class Column:
     """One per-site column. ``header`` None: not in the terminal table. ``severity``: the
     cell takes the site's severity colour. ``priority``: lower is hidden first when the
-    terminal is narrow."""
+    terminal is narrow. ``lazy``: costly, computed when first read rather than with the row
+    (a scan whose report is never shown does not pay for it)."""
 
     name: str
     compute: Callable[[SiteFacts], Any]
@@ -67,6 +71,8 @@ class Column:
     def text(self, values: Mapping[str, Any]) -> str:
         """What the table (terminal, HTML) shows for this column of a row."""
         return self.label(values) if self.label is not None else self.cell(values[self.name])
+
+    lazy: bool = False  # computed when first read (costly: the effective rank)
 
 
 SITE_COLUMNS: Registry[Column] = Registry("site column")
@@ -130,6 +136,50 @@ def _kind_label(values: Mapping[str, Any]) -> str:
 def _fraction(f: SiteFacts) -> float:
     units = _t(f).units
     return _dead(f) / units if units else 0.0
+
+
+def _zero_grad(f: SiteFacts) -> int | None:
+    t = _t(f)
+    if not t.grad_calls or t.grad_abs_max is None:
+        return None
+    return int((t.grad_abs_max == 0).sum())
+
+
+def _grad_noise(f: SiteFacts) -> float | None:
+    """Coefficient of variation of the per-batch grad norm: population std / mean."""
+    t = _t(f)
+    if t.grad_calls < 2 or t.grad_norm_sum <= 0:
+        return None
+    mean = t.grad_norm_sum / t.grad_calls
+    var = max(t.grad_norm_sq_sum / t.grad_calls - mean * mean, 0.0)
+    return float(np.sqrt(var) / mean)
+
+
+#: Effective rank per totals, so the two rank columns share one eigensolve.
+_RANKS: WeakKeyDictionary[UnitTotals, float | None] = WeakKeyDictionary()
+
+
+def _eff_rank(f: SiteFacts) -> float | None:
+    t = _t(f)
+    if t not in _RANKS:
+        _RANKS[t] = effective_rank(t.sample_rows)
+    return _RANKS[t]
+
+
+def _eff_rank_fraction(f: SiteFacts) -> float | None:
+    rank, units = _eff_rank(f), _t(f).units
+    return None if rank is None or not units else rank / units
+
+
+def _causes(f: SiteFacts) -> CauseCounts | None:
+    found = f.extras.get("causes")
+    return found.counts if isinstance(found, UnitCauses) else None
+
+
+def _letters(value: Any) -> str:
+    if not isinstance(value, CauseCounts):
+        return "–"
+    return value.letters() or "–"
 
 
 for _column in (
@@ -257,8 +307,64 @@ for _column in (
         lambda f: f.topology.consumer if f.topology else None,
         doc="the one layer that reads the output (see Topology)",
     ),
+    Column(
+        "zero_grad",
+        _executed(_zero_grad),
+        doc="units whose input gradient was exactly 0 on every batch",
+    ),
+    Column(
+        "grad_noise",
+        _executed(_grad_noise),
+        doc="coefficient of variation of the grad norm across batches",
+    ),
+    Column(
+        "eff_rank",
+        _executed(_eff_rank),
+        doc="effective rank of the site's features (at most 1024 sampled rows)",
+        lazy=True,
+    ),
+    Column(
+        "eff_rank_fraction",
+        _executed(_eff_rank_fraction),
+        header="rank%",
+        cell=_pct,
+        priority=18,
+        doc="eff_rank / units",
+        lazy=True,
+    ),
+    Column(
+        "causes",
+        _executed(_causes),
+        header="causes",
+        cell=_letters,
+        priority=35,
+        doc="dead units per cause (collapsed, starved, bias, weights, unknown)",
+    ),
 ):
     site_column(_column)
+
+
+class SiteValues(Mapping[str, Any]):
+    """Every registered column's value for one site, in output order; ``lazy`` columns are
+    computed on first read and then kept."""
+
+    def __init__(self, facts: SiteFacts) -> None:
+        self._facts = facts
+        self._known = {n: c.compute(facts) for n, c in SITE_COLUMNS.items() if not c.lazy}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._known:
+            self._known[name] = SITE_COLUMNS[name].compute(self._facts)
+        return self._known[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in SITE_COLUMNS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SITE_COLUMNS)
+
+    def __len__(self) -> int:
+        return len(SITE_COLUMNS)
 
 
 def exported_columns() -> list[str]:
@@ -266,9 +372,9 @@ def exported_columns() -> list[str]:
     return [name for name, col in SITE_COLUMNS.items() if col.export]
 
 
-def site_values(facts: SiteFacts) -> dict[str, Any]:
+def site_values(facts: SiteFacts) -> SiteValues:
     """Every registered column's value for one site, in output order."""
-    return {name: col.compute(facts) for name, col in SITE_COLUMNS.items()}
+    return SiteValues(facts)
 
 
 # -- per-unit columns (the --per-unit dump) -------------------------------------------------
@@ -302,6 +408,18 @@ def unit_column(column: UnitColumn) -> UnitColumn:
     return UNIT_COLUMNS.add(column.name, column)
 
 
+def _unit_zero_grad(u: UnitFacts) -> Any:
+    t = u.totals
+    if not t.grad_calls or t.grad_abs_max is None:
+        return None
+    return t.grad_abs_max == 0
+
+
+def _unit_causes(u: UnitFacts, name: str) -> Any:
+    found = u.extras.get("causes")
+    return getattr(found, name) if isinstance(found, UnitCauses) else None
+
+
 for _unit in (
     UnitColumn("model", lambda u: u.model, doc="model name"),
     UnitColumn("site", lambda u: u.site, doc="the call site"),
@@ -325,5 +443,9 @@ for _unit in (
     UnitColumn(
         "nonfinite_values", lambda u: u.totals.nonfinite, doc="NaN or Inf outputs, left out"
     ),
+    UnitColumn("zero_grad", _unit_zero_grad, doc="input gradient exactly 0 on every batch"),
+    UnitColumn("max_wx", lambda u: _unit_causes(u, "max_wx"), doc="largest weight part w·x"),
+    UnitColumn("cause", lambda u: _unit_causes(u, "cause"), doc="why a dead unit died"),
+    UnitColumn("cause_note", lambda u: _unit_causes(u, "note"), doc="the evidence, in numbers"),
 ):
     unit_column(_unit)

@@ -99,6 +99,21 @@ class SiteReport:
         )
         return SiteReport(site_values(facts), activation, totals, topology, th, extras)
 
+    def with_extras(self, **extras: Any) -> SiteReport:
+        """The same site with more analysis results attached (its columns recomputed)."""
+        v = self.values
+        return SiteReport.from_totals(
+            self.totals,
+            self.act,
+            model=v["model"],
+            site=v["site"],
+            kind=v["kind"],
+            thresholds=self.thresholds,
+            unit_dim=v.get("unit_dim"),
+            topology=self.topology,
+            extras={**self.extras, **extras},
+        )
+
     def row(self) -> dict[str, Any]:
         """The exported columns of this site (CSV, JSON, Markdown), in output order."""
         return {k: v for k, v in self.values.items() if SITE_COLUMNS[k].export}
@@ -255,6 +270,7 @@ class ModelReport:
                 "mode": self.mode,
                 "device": self.device,
                 "grad": self.grad,
+                "losses": list(self.losses),
                 "thresholds": {"eps": th.eps, "near_dead": th.near_dead, "tau": th.tau},
                 "sites": [s.row() for s in self.sites],
                 "params": [

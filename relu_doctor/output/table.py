@@ -175,11 +175,13 @@ def summary(report: ModelReport) -> Text:
     text.append(
         f"; {report.samples} samples in {report.batches} "
         f"batch{'es' if report.batches != 1 else ''} ({report.mode} mode, {report.device}"
-        f"{'' if report.grad else ', no gradients'}).\n"
+        f"{_gradients(report)}).\n"
     )
     sentence = bound_sentence(report)
     if sentence is not None:
         text.append(sentence, style="dim")
+    if any(s.row().get("causes") for s in report.sites):
+        text.append(f"\n{CAUSES_LEGEND}", style="dim")
     return text
 
 
@@ -200,6 +202,23 @@ def bound_sentence(report: ModelReport) -> str | None:
         claim = "too few to bound the firing rate; scan more batches."
     few = "only " if report.bound_is_weak else ""
     return f"Dead = 0 firings in {few}{n} sample{'s' * (n != 1)}: {claim}"
+
+
+#: What the letters of the ``causes`` column stand for.
+CAUSES_LEGEND = (
+    "Causes: c collapsed, s starved, b bias, w weights, ? unknown (evidence per unit in the "
+    "per-unit dump)."
+)
+
+
+def _gradients(report: ModelReport) -> str:
+    """Which loss the gradients come from (``, surrogate loss``), or that there are none."""
+    if not report.grad:
+        return ", no gradients"
+    if not report.losses:
+        return ""
+    names = [name.replace("_", "-") for name in report.losses]
+    return f", {' and '.join(names)} loss{'es' if len(names) > 1 else ''}"
 
 
 def suggestions(report: ModelReport) -> Group | None:

@@ -9,11 +9,13 @@ split over batches, processes or machines and combined.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from relu_doctor.scanner.reservoir import Reservoir, merge_samples
 
 
 def other_dims(ndim: int, keep: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,6 +87,9 @@ class SiteAccumulator:
         self.max_out = torch.full((units,), -torch.inf, dtype=torch.float32, device=device)
         self.nonfinite = torch.zeros(units, dtype=torch.float64, device=device)  # NaN/Inf outputs
         self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm_sq_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_abs_max = torch.zeros(units, dtype=torch.float32, device=device)
+        self.reservoir: Reservoir | None = None  # set by ``sample_rows``
 
     def _inner(self, ndim: int) -> tuple[int, ...]:
         return other_dims(ndim, (0, self.unit_dim % ndim))
@@ -189,9 +194,29 @@ class SiteAccumulator:
         return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
     def observe_grad(self, grad_input: torch.Tensor) -> None:
-        """One batch's L2 norm of the loss gradient w.r.t. the site's input."""
-        self.grad_norm_sum += torch.linalg.vector_norm(grad_input, dtype=torch.float32)
+        """One batch's L2 norm of the loss gradient w.r.t. the site's input (and its square,
+        for the spread of the norm across batches)."""
+        norm = torch.linalg.vector_norm(grad_input, dtype=torch.float32)
+        self.grad_norm_sum += norm
+        self.grad_norm_sq_sum += norm.double().square()
         self.grad_calls += 1
+
+    def observe_grad_units(self, grad_input: torch.Tensor) -> None:
+        """Largest |gradient| per unit (samples in dim 0): 0 after every batch means the unit
+        passed no gradient at all (a zero-grad unit)."""
+        dims = (0, *self._inner(grad_input.ndim))
+        peak = torch.linalg.vector_norm(grad_input, ord=math.inf, dim=dims, dtype=torch.float32)
+        torch.maximum(self.grad_abs_max, peak, out=self.grad_abs_max)
+
+    def sample_rows(self, rng: np.random.Generator, capacity: int) -> None:
+        """Keep a bounded uniform sample of this site's rows (for the effective rank)."""
+        device = self.fires.device
+        self.reservoir = Reservoir(self.units, self.unit_dim, device, rng, capacity)
+
+    def observe_rows(self, out: torch.Tensor) -> None:
+        """Offer this batch's output rows (samples in dim 0) to the sample."""
+        if self.reservoir is not None:
+            self.reservoir.observe(out)
 
     def all_reduce(self, group: Any = None) -> None:
         """Combine this accumulator across ``torch.distributed`` ranks in place."""
@@ -201,21 +226,25 @@ class SiteAccumulator:
         counts = torch.tensor(
             [self.samples, self.calls, self.elements, self.grad_calls], device=device
         )
-        for t in (
-            counts,
+        sums = (
             self.fires,
             self.abs_sum,
             self.active,
             self.nonfinite,
             self.grad_norm_sum,
-        ):
+            self.grad_norm_sq_sum,
+        )
+        for t in (counts, *sums):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        for t in (self.max_pre, self.max_out):
+        for t in (self.max_pre, self.max_out, self.grad_abs_max):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        if self.reservoir is not None:
+            self.reservoir.all_reduce(group)
         self.samples, self.calls, self.elements, self.grad_calls = (int(v) for v in counts.tolist())
 
     def finalize(self) -> UnitTotals:
         """Copy to host once, at the end of the scan."""
+        rows, keys = self.reservoir.result() if self.reservoir is not None else (None, None)
         return UnitTotals(
             samples=self.samples,
             calls=self.calls,
@@ -228,6 +257,10 @@ class SiteAccumulator:
             max_out=None if self.relu_like else self.max_out.double().cpu().numpy().copy(),
             grad_norm_sum=float(self.grad_norm_sum),
             nonfinite=_counts(self.nonfinite),
+            grad_norm_sq_sum=float(self.grad_norm_sq_sum),
+            grad_abs_max=self.grad_abs_max.double().cpu().numpy().copy(),
+            sample_rows=rows,
+            sample_keys=keys,
         )
 
 
@@ -263,6 +296,10 @@ class UnitTotals:
     max_out: np.ndarray | None
     grad_norm_sum: float
     nonfinite: np.ndarray  # per unit: NaN/Inf output elements, left out of all the others
+    grad_norm_sq_sum: float = 0.0
+    grad_abs_max: np.ndarray | None = None  # largest |input gradient| per unit
+    sample_rows: np.ndarray | None = field(default=None, repr=False)  # (rows, units) sample
+    sample_keys: np.ndarray | None = field(default=None, repr=False)  # their sampling keys
 
     @property
     def units(self) -> int:
@@ -275,6 +312,10 @@ class UnitTotals:
         max_out = None
         if self.max_out is not None and other.max_out is not None:
             max_out = np.maximum(self.max_out, other.max_out)
+        grad_abs_max = None
+        if self.grad_abs_max is not None and other.grad_abs_max is not None:
+            grad_abs_max = np.maximum(self.grad_abs_max, other.grad_abs_max)
+        sample = merge_samples(self._sample(), other._sample())
         return UnitTotals(
             samples=self.samples + other.samples,
             calls=self.calls + other.calls,
@@ -287,4 +328,13 @@ class UnitTotals:
             max_out=max_out,
             grad_norm_sum=self.grad_norm_sum + other.grad_norm_sum,
             nonfinite=self.nonfinite + other.nonfinite,
+            grad_norm_sq_sum=self.grad_norm_sq_sum + other.grad_norm_sq_sum,
+            grad_abs_max=grad_abs_max,
+            sample_rows=None if sample is None else sample[0],
+            sample_keys=None if sample is None else sample[1],
         )
+
+    def _sample(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.sample_rows is None or self.sample_keys is None:
+            return None
+        return self.sample_rows, self.sample_keys

@@ -33,6 +33,7 @@ from relu_doctor.activations import (
 )
 from relu_doctor.errors import UsageError, param
 from relu_doctor.scanner.accumulate import Scratch, SiteAccumulator, UnitTotals, normalize_dim
+from relu_doctor.scanner.reservoir import SAMPLE_ROWS, site_rng
 from relu_doctor.scanner.sites import Resolver, SiteKey
 from relu_doctor.scanner.topology import SiteTopology, TopologyTracker
 
@@ -107,8 +108,10 @@ class Recorder:
         unit_dim: int | None = None,
         grad: bool = True,
         topology: TopologyTracker | None = None,
+        seed: int = 0,
     ) -> None:
         self.resolver = resolver
+        self.seed = seed  # of each site's row sample (effective rank)
         self.eps = eps
         self.unit_dim = unit_dim
         self.grad = grad
@@ -191,7 +194,9 @@ class Recorder:
         if self.topology is not None:
             self.topology.before_activation(key, x)
         out = func(*args, **kwargs)
-        acc.observe_out(self._per_sample(out, acc.folded), self.eps, self._scratch)
+        rows = self._per_sample(out, acc.folded)
+        acc.observe_out(rows, self.eps, self._scratch)
+        acc.observe_rows(rows)
         if self.topology is not None:
             self.topology.after_activation(key, out)
         if self.grad and torch.is_grad_enabled():
@@ -204,7 +209,9 @@ class Recorder:
     def on_backward(self, act: Activation, args: tuple[Any, ...], out: Any) -> None:
         acc = self._saved.get(act.op, {}).get(_key(args[act.backward_saved]))
         if acc is not None:
-            acc.observe_grad(out[0] if isinstance(out, tuple) else out)
+            grad = out[0] if isinstance(out, tuple) else out
+            acc.observe_grad(grad)
+            acc.observe_grad_units(self._per_sample(grad, acc.folded))
 
     def on_layout(self, kind: str, out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.ndim >= 2:
@@ -261,6 +268,7 @@ class Recorder:
         folded = self._folds(x)
         with torch.inference_mode(False):  # normal tensors, updatable after the scan too
             acc = SiteAccumulator(units, unit_dim + folded, x.device, relu_like=act.relu_family)
+            acc.sample_rows(site_rng(self.seed, len(self._accs), _rank()), SAMPLE_ROWS)
         acc.folded = folded
         self._accs[key] = acc
         self._info[key] = SiteInfo(self._kind(key, inplace, act), act, unit_dim)
@@ -314,6 +322,13 @@ class Recorder:
             SiteRecord(k, self._info[k], a.finalize(), self._topology.get(k, unknown))
             for k, a in self._accs.items()
         ]
+
+
+def _rank() -> int:
+    """This process's rank in an initialised ``torch.distributed`` group (else 0), so ranks
+    sample their rows independently."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 class _Mode(TorchDispatchMode):

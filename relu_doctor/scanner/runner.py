@@ -129,7 +129,7 @@ def run_scan(
             stream, cut = _data_stream(data, fixed or batch_size, batches, fixed, mode)
         fit = InputFitter(input_spec(module), scale)
         with ScanSession(
-            module, target.runtime, eps=eps, grad=grad, unit_dim=unit_dim, device=dev
+            module, target.runtime, eps=eps, grad=grad, unit_dim=unit_dim, device=dev, seed=seed
         ) as session:
             for batch in stream:
                 session.run_batch(fit(batch))

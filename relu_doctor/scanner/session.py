@@ -51,6 +51,7 @@ class ScanSession:
         grad: bool,
         unit_dim: int | None,
         device: torch.device,
+        seed: int = 0,
     ) -> None:
         self.module = module
         self.grad = grad
@@ -61,6 +62,7 @@ class ScanSession:
             unit_dim=unit_dim,
             grad=grad,
             topology=TopologyTracker(module),
+            seed=seed,
         )
         self.params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         # Frozen layers stop the backward before the sites under them: then differentiate
