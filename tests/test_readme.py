@@ -19,7 +19,7 @@ from relu_doctor.cli import main
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
-DEMO_WIDTH = "120"
+DEMO_WIDTH = "130"
 UPDATE = os.environ.get("RELU_DOCTOR_UPDATE_GOLDEN", "") not in ("", "0")
 _DEMO = re.compile(r"(`make demo` first runs.*?\n```\n)(.*?)(```)", re.S)
 
