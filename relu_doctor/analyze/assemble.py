@@ -137,6 +137,7 @@ def build_report(
         device=device,
         runtime=runtime,
         losses=raw.losses,
+        capture=raw.capture,
     )
     return replace(report, suggestions=tuple(suggest(report)))
 

@@ -167,6 +167,7 @@ class ModelReport:
     device: str = "cpu"
     runtime: str = "eager"
     losses: tuple[str, ...] = ()
+    capture: str = "dispatch"  # how the batches were measured (docs/metrics.md, "How")
 
     @property
     def counted_sites(self) -> tuple[SiteReport, ...]:
@@ -271,6 +272,7 @@ class ModelReport:
                 "device": self.device,
                 "grad": self.grad,
                 "losses": list(self.losses),
+                "capture": self.capture,
                 "thresholds": {"eps": th.eps, "near_dead": th.near_dead, "tau": th.tau},
                 "sites": [s.row() for s in self.sites],
                 "params": [

@@ -9,6 +9,7 @@ split over batches, processes or machines and combined.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +218,44 @@ class SiteAccumulator:
         """Offer this batch's output rows (samples in dim 0) to the sample."""
         if self.reservoir is not None:
             self.reservoir.observe(out)
+
+    #: The running state: counters and per-unit tensors (``checkpoint`` copies these).
+    _COUNTS = ("samples", "calls", "elements", "grad_calls", "_fires_are_active")
+    _TENSORS = (
+        "fires",
+        "max_pre",
+        "abs_sum",
+        "active",
+        "max_out",
+        "nonfinite",
+        "grad_norm_sum",
+        "grad_norm_sq_sum",
+        "grad_abs_max",
+    )
+
+    def checkpoint(self) -> tuple[Callable[[], None], Callable[[], None]]:
+        """Remember the state (O(units) copies; the row sample keeps a journal of what it
+        replaces) and return (restore, keep): a batch measured by the hooks-only path that
+        turns out not to match is undone and measured again; one that matches is kept."""
+        counts = {name: getattr(self, name) for name in self._COUNTS}
+        with torch.inference_mode(False):
+            tensors = {name: getattr(self, name).clone() for name in self._TENSORS}
+        if self.reservoir is not None:
+            self.reservoir.begin_journal()
+
+        def restore() -> None:
+            for name, value in counts.items():
+                setattr(self, name, value)
+            for name, value in tensors.items():
+                getattr(self, name).copy_(value)
+            if self.reservoir is not None:
+                self.reservoir.rollback()
+
+        def keep() -> None:
+            if self.reservoir is not None:
+                self.reservoir.end_journal()
+
+        return restore, keep
 
     def all_reduce(self, group: Any = None) -> None:
         """Combine this accumulator across ``torch.distributed`` ranks in place."""

@@ -15,7 +15,7 @@ Everything installed is removed on exit, also when the forward raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -194,9 +194,7 @@ class Recorder:
         if self.topology is not None:
             self.topology.before_activation(key, x)
         out = func(*args, **kwargs)
-        rows = self._per_sample(out, acc.folded)
-        acc.observe_out(rows, self.eps, self._scratch)
-        acc.observe_rows(rows)
+        self.observe_out(acc, out)
         if self.topology is not None:
             self.topology.after_activation(key, out)
         if self.grad and torch.is_grad_enabled():
@@ -206,12 +204,34 @@ class Recorder:
                 saved[_key(x)] = acc  # these backward ops keep the input, not the result
         return out
 
+    def observe_out(self, acc: SiteAccumulator, out: torch.Tensor) -> None:
+        """The output side of one call (also for the hooks-only path)."""
+        rows = self._per_sample(out, acc.folded)
+        acc.observe_out(rows, self.eps, self._scratch)
+        acc.observe_rows(rows)
+
+    def observe_grad(self, acc: SiteAccumulator, grad: torch.Tensor) -> None:
+        """The gradient w.r.t. one call's input (also for the hooks-only path)."""
+        acc.observe_grad(grad)
+        acc.observe_grad_units(self._per_sample(grad, acc.folded))
+
+    def known_site(
+        self, path: str, act: Activation, index: int, x: torch.Tensor
+    ) -> tuple[SiteAccumulator, torch.Tensor] | None:
+        """The module site ``path`` (its ``index``-th call this batch) and ``x`` with the
+        samples in dim 0, when the site is known and ``x`` still fits it; else None."""
+        acc = self._accs.get(SiteKey(path, act.op, True, index))
+        if acc is None:
+            return None
+        view = self._per_sample(x, acc.folded)
+        if view.ndim <= acc.unit_dim or view.shape[acc.unit_dim] != acc.units:
+            return None
+        return acc, view
+
     def on_backward(self, act: Activation, args: tuple[Any, ...], out: Any) -> None:
         acc = self._saved.get(act.op, {}).get(_key(args[act.backward_saved]))
         if acc is not None:
-            grad = out[0] if isinstance(out, tuple) else out
-            acc.observe_grad(grad)
-            acc.observe_grad_units(self._per_sample(grad, acc.folded))
+            self.observe_grad(acc, out[0] if isinstance(out, tuple) else out)
 
     def on_layout(self, kind: str, out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.ndim >= 2:
@@ -314,6 +334,24 @@ class Recorder:
             )
         for acc in self._accs.values():
             acc.all_reduce(group)
+
+    def sites(self) -> dict[SiteKey, SiteInfo]:
+        """The sites seen so far and how they were called."""
+        return dict(self._info)
+
+    def checkpoint(self) -> tuple[Callable[[], None], Callable[[], None]]:
+        """(restore, keep) of every site's statistics (see ``SiteAccumulator.checkpoint``)."""
+        pairs = [a.checkpoint() for a in self._accs.values()]
+
+        def restore() -> None:
+            for undo, _ in pairs:
+                undo()
+
+        def keep() -> None:
+            for _, done in pairs:
+                done()
+
+        return restore, keep
 
     def results(self) -> list[SiteRecord]:
         """Sites in first-execution order with their host-side totals."""

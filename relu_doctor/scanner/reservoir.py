@@ -46,6 +46,8 @@ class Reservoir:
         self.rng = rng
         self.keys = np.full(capacity, np.inf)  # +inf marks an empty slot
         self.filled = 0  # slots [0, filled) hold rows
+        self._journal: list[tuple[np.ndarray, torch.Tensor, np.ndarray, int]] | None = None
+        self._rng_state: Any = None
         with torch.inference_mode(False):  # updatable in and out of inference mode
             self.rows = torch.zeros(capacity, units, dtype=torch.float32, device=device)
 
@@ -68,6 +70,8 @@ class Reservoir:
             kept[keep[keep < m]] = True
             free = np.concatenate([np.arange(m, self.capacity), np.flatnonzero(~kept)])
             slots = free[: take.size]  # empty slots first, then the evicted ones
+        if self._journal is not None:  # what a rollback must put back
+            self._journal.append((slots, self.rows[slots].clone(), self.keys[slots].copy(), m))
         self.keys[slots] = keys[take]
         self.filled = min(m + n, self.capacity)
         rows = self._rows(out, take).to(torch.float32)
@@ -77,6 +81,25 @@ class Reservoir:
         else:
             index = torch.from_numpy(slots).to(self.rows.device, non_blocking=True)
             self.rows.index_copy_(0, index, rows)
+
+    def begin_journal(self) -> None:
+        """Remember what the next ``observe`` calls change, so ``rollback`` can undo them
+        (a batch that has to be measured again)."""
+        self._journal = []
+        self._rng_state = self.rng.bit_generator.state
+
+    def rollback(self) -> None:
+        """Undo every ``observe`` since ``begin_journal``, the random draws included."""
+        assert self._journal is not None
+        for slots, rows, keys, filled in reversed(self._journal):
+            self.rows[torch.from_numpy(slots).to(self.rows.device)] = rows
+            self.keys[slots] = keys
+            self.filled = filled
+        self.rng.bit_generator.state = self._rng_state
+        self._journal = None
+
+    def end_journal(self) -> None:
+        self._journal = None
 
     def _rows(self, out: torch.Tensor, take: np.ndarray) -> torch.Tensor:
         """The unit vectors of samples ``take``: at one random position each."""

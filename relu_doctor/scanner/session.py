@@ -7,7 +7,7 @@ loop under ``monitor()``) wraps its own forward in ``capturing``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,9 +20,14 @@ from relu_doctor.errors import CaptureError, InputError, ReluDoctorError, one_li
 from relu_doctor.scanner.batches import Batch, iter_tensors
 from relu_doctor.scanner.capture import Recorder, SiteRecord
 from relu_doctor.scanner.gradients import LOSSES, ParamGrads, backward, loss_name, loss_of
+from relu_doctor.scanner.hooks import ModuleHooks
 from relu_doctor.scanner.shapes import first_layer, is_arguments_error
 from relu_doctor.scanner.sites import Resolver, make_resolver
 from relu_doctor.scanner.topology import TopologyTracker
+
+#: Measure batches after the first with module hooks when the model allows it (tests turn it
+#: off to compare both paths).
+FAST_PATH = True
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class RawScan:
     ops_seen: set[str]
     losses: tuple[str, ...]  # keys of gradients.LOSSES, in first-use order
     declared: dict[str, Activation]  # activation modules of the model, by path
+    capture: str = "dispatch"  # how the batches were measured (see ``ScanSession.capture``)
 
 
 class ScanSession:
@@ -74,6 +80,9 @@ class ScanSession:
         self.losses: list[str] = []
         self.samples = 0
         self.batches = 0
+        self.hooked = 0  # batches measured by the hooks-only path
+        self.fallbacks = 0  # batches it measured again under the dispatch mode
+        self._hooks: ModuleHooks | None = None
         self._stack = ExitStack()
 
     def __enter__(self) -> ScanSession:
@@ -99,25 +108,65 @@ class ScanSession:
         self.batches += 1
 
     def run_batch(self, batch: Batch) -> None:
-        """Forward ``batch``, and with gradients a backward; errors name where it failed."""
+        """Forward ``batch``, and with gradients a backward; errors name where it failed.
+        After the first batch, the hooks-only path (``hooks.py``) takes over when it can."""
         batch = batch.to(self.device)
         if self.grad and self._lift:
             batch = batch.requiring_grad()
         try:
+            if self._hooks is not None and self._hooked_batch(batch):
+                return
             with self.capturing(batch.rows):
                 self._step(batch)
         except ReluDoctorError:
             raise
         except Exception as exc:
             raise self._forward_error(exc, batch) from exc
+        if self.batches == 1 and FAST_PATH:
+            self._hooks = ModuleHooks.plan_for(self.recorder, self.module)
+            if self._hooks is not None:
+                self.resolver.remove()  # the module stack is not needed any more
+                self._hooks.install()
+                self._stack.callback(self._hooks.remove)
 
-    def _step(self, batch: Batch) -> None:
+    def _hooked_batch(self, batch: Batch) -> bool:
+        """Measure ``batch`` with the module hooks; False (statistics rolled back) when its
+        forward did not fire the modules of the first batch."""
+        hooks = self._hooks
+        assert hooks is not None
+        restore, keep = self.recorder.checkpoint()
+        self.recorder.begin_batch(batch.rows)
+        hooks.start()
+        if not self._step(batch, hooks.verify):
+            restore()
+            self.fallbacks += 1
+            hooks.remove()  # the batch again, under the dispatch mode alone
+            self.resolver.install()
+            try:
+                with self.capturing(batch.rows):
+                    self._step(batch)
+            finally:
+                self.resolver.remove()
+                hooks.install()
+            return True
+        keep()
+        self.recorder.end_batch()
+        self.hooked += 1
+        self.samples += batch.rows
+        self.batches += 1
+        return True
+
+    def _step(self, batch: Batch, verify: Callable[[], str] | None = None) -> bool:
+        """Forward, then (with gradients) the loss and a backward; with ``verify``, False
+        before any backward when the forward did not match the first batch."""
         if not self.grad:
             with torch.inference_mode():  # as fast as a plain inference forward can be
                 batch.forward(self.module)
-            return
+            return verify is None or not verify()
         out = batch.forward(self.module)
         self.recorder.forward_done()
+        if verify is not None and verify():
+            return False
         name = loss_name(batch.targets)
         try:
             loss = loss_of(out, batch.targets)
@@ -130,13 +179,14 @@ class ScanSession:
             ) from exc
         if loss is None or not loss.requires_grad:
             self.warnings.append("the model's output carries no gradient; grad_norm is empty")
-            return
+            return True
         if name not in self.losses:
             self.losses.append(name)
         inputs = [t for t in iter_tensors((batch.args, batch.kwargs)) if t.requires_grad]
         grads = backward(loss, [p for _, p in self.params], inputs)
         if grads is not None:
             self.param_grads.add(grads[: len(self.params)])
+        return True
 
     def _forward_error(self, exc: Exception, batch: Batch) -> ReluDoctorError:
         where = self.recorder.where()
@@ -200,7 +250,16 @@ class ScanSession:
             self.recorder.ops_seen,
             tuple(self.losses),
             self.resolver.declared(),
+            self.capture(batches),
         )
+
+    def capture(self, batches: int) -> str:
+        """How the batches were measured: ``dispatch`` (every op through the dispatch mode),
+        or ``hooks`` with the counts (the first batch always runs under the dispatch mode)."""
+        if not self.hooked:
+            return "dispatch"
+        again = f", {self.fallbacks} measured again under the dispatch mode" * bool(self.fallbacks)
+        return f"hooks ({self.hooked} of {batches} batches{again})"
 
 
 def _name(dtype: torch.dtype) -> str:
