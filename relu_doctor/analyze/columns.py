@@ -197,6 +197,16 @@ for _column in (
         _executed(lambda f: int((~_m(f).finite).sum()), 0),
         doc="units that saw NaN or Inf",
     ),
+    Column(
+        "died",
+        _executed(lambda f: f.extras.get("died")),
+        doc="units dead now and alive in the previous checkpoint (several models)",
+    ),
+    Column(
+        "revived",
+        _executed(lambda f: f.extras.get("revived")),
+        doc="units alive now and dead in the previous checkpoint (several models)",
+    ),
 ):
     site_column(_column)
 

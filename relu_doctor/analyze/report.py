@@ -85,6 +85,21 @@ class SiteReport:
         )
         return SiteReport(site_values(facts), activation, totals, topology, th, extras)
 
+    def with_extras(self, **extras: Any) -> SiteReport:
+        """This row with more analysis results attached (a timeline's ``died``/``revived``),
+        its columns recomputed through the registry."""
+        return SiteReport.from_totals(
+            self.totals,
+            self.activation,
+            model=self.model,
+            site=self.site,
+            kind=self.kind,
+            thresholds=self.thresholds,
+            unit_dim=self.unit_dim,
+            topology=self.topology,
+            extras={**self.extras, **extras},
+        )
+
     def row(self) -> dict[str, Any]:
         """The columns of this site, in output order."""
         return dict(self.values)

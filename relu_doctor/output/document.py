@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relu_doctor.analyze.report import ModelReport
+    from relu_doctor.analyze.timeline import TimelineRow
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ class Failure:
 class Document:
     """Everything one command produced: per model a report or a failure, in order, and the
     command line that produced them; ``findings`` (model name -> findings) when the command
-    judged them."""
+    judged them; ``timeline`` (one row per item) when several checkpoints were compared."""
 
     items: tuple[ModelReport | Failure, ...]
     command: str = ""
     findings: Mapping[str, Sequence[Any]] | None = field(default=None)
+    timeline: tuple[TimelineRow, ...] = ()
 
     @property
     def reports(self) -> tuple[ModelReport, ...]:

@@ -1,4 +1,5 @@
-"""GitHub-flavoured Markdown: a summary line and a table per model; the per-unit dump."""
+"""GitHub-flavoured Markdown: a summary line and a table per model (and a timeline for several);
+the per-unit dump."""
 
 from __future__ import annotations
 
@@ -36,6 +37,24 @@ def sites(doc: Document) -> str:
             f"({r.dead_fraction:.1%}) in {r.samples} samples\n"
         )
         out += table(cols, ([s.row()[c] for c in cols] for s in r.sites))
+        out.append("")
+    if len(doc.timeline) > 1:
+        out += ["**Timeline**", ""]
+        out += table(
+            ["model", "dead_fraction", "dead", "died", "revived", "worst_site", "note"],
+            (
+                [
+                    row.model,
+                    row.dead_fraction,
+                    row.dead,
+                    row.died,
+                    row.revived,
+                    row.worst_site,
+                    f"error: {row.error}" if row.error else "; ".join(row.notes),
+                ]
+                for row in doc.timeline
+            ),
+        )
         out.append("")
     return "\n".join(out)
 

@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from relu_doctor.analyze.columns import SITE_COLUMNS, Column
-from relu_doctor.analyze.report import ModelReport, SiteReport
+from relu_doctor.analyze.report import ModelReport, SiteReport, severity
+from relu_doctor.analyze.timeline import TimelineRow
 from relu_doctor.output.document import Document, Failure
 
 #: Colour of each severity.
@@ -125,13 +126,60 @@ def report_view(report: ModelReport) -> Group:
     return Group(*parts)
 
 
-def views(doc: Document) -> list[Any]:
-    """The renderables of a document, models separated by a blank line."""
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _timeline_cells(row: TimelineRow) -> list[Any]:
+    if row.error is not None:
+        return [row.model, "", "", "", "", Text("could not be scanned", style="bold red")]
+    style = STYLES[severity(row.dead_fraction)]
+    dead = "–" if row.dead is None else f"{row.dead} / {row.units}"
+    worst = "–" if row.worst_site is None else f"{row.worst_site} ({row.worst_fraction:.1%})"
+    return [
+        row.model,
+        Text("–" if row.dead_fraction is None else f"{row.dead_fraction:.1%}", style=style),
+        Text(dead, style=style),
+        Text(_count(row.died), style="red" if row.died else ""),
+        Text(_count(row.revived), style="green" if row.revived else ""),
+        worst,
+    ]
+
+
+def timeline_view(rows: tuple[TimelineRow, ...]) -> Group:
+    """One row per checkpoint: model dead fraction, dead units, units that died and revived
+    since the checkpoint before, the worst site; notes on what could not be compared."""
+    table = Table(title="[bold]Timeline[/bold]", title_justify="left", expand=False)
+    table.add_column("model", no_wrap=True, overflow="fold")
+    for header in ("dead%", "dead", "died", "revived"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("worst site", overflow="fold")
+    for row in rows:
+        table.add_row(*_timeline_cells(row))
+    lines = [
+        Text(
+            "died / revived: units dead now and alive in the checkpoint before / the "
+            "reverse, matched by site and unit.",
+            style="dim",
+        )
+    ]
+    for row in rows:
+        lines += [Text.assemble((f"{row.model}: ", "bold"), note) for note in row.notes]
+    return Group(table, Text("\n").join(lines))
+
+
+def views(doc: Document, summary_only: bool = False) -> list[Any]:
+    """The renderables of a document, models separated by a blank line; for several models
+    the timeline after them (``summary_only``: the timeline alone)."""
+    if summary_only and doc.timeline:
+        return [timeline_view(doc.timeline)]
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
             out.append(Text())
         out.append(failure_view(item) if isinstance(item, Failure) else report_view(item))
+    if len(doc.timeline) > 1:
+        out += [Text(), timeline_view(doc.timeline)]
     return out
 
 
