@@ -10,16 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ModelReport", "SiteReport", "SiteStats", "__version__", "scan"]
+__all__ = ["ModelReport", "Monitor", "SiteReport", "SiteStats", "__version__", "monitor", "scan"]
 
 if TYPE_CHECKING:
     from relu_doctor.analyze.report import ModelReport, SiteReport
     from relu_doctor.analyze.report import SiteReport as SiteStats
     from relu_doctor.api import scan
+    from relu_doctor.monitoring import Monitor, monitor
 
 #: Public name -> (module, attribute), imported on first use.
 _LAZY = {
     "scan": ("relu_doctor.api", "scan"),
+    "monitor": ("relu_doctor.monitoring", "monitor"),
+    "Monitor": ("relu_doctor.monitoring", "Monitor"),
     "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
     "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
     "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name
