@@ -283,6 +283,18 @@ def test_refused_models_and_arguments() -> None:
     assert leftovers(net) == []
 
 
+def test_compiling_the_watched_model_later_is_refused_at_its_first_forward() -> None:
+    net = Net()
+    compiled = torch.compile(net, backend="eager")  # Dynamo would trace into the capture
+    with (
+        pytest.raises(UsageError, match=r"torch\.compile'd") as exc,
+        relu_doctor.monitor(net, every=1),
+    ):
+        compiled(torch.randn(4, 12))
+    assert exc.value.param == "model"
+    assert leftovers(net) == []
+
+
 def test_no_relu_is_said_when_the_numbers_are_read() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
     with relu_doctor.monitor(model, every=1) as mon:

@@ -61,6 +61,13 @@ class WindowResolver(EagerResolver):
         self._stack[:] = [("", self.model)]
 
 
+COMPILED = (
+    "monitor() cannot watch a torch.compile'd model: compiled kernels fuse the ReLU where the "
+    "capture cannot see it, and running the recorded steps uncompiled would change the "
+    "training's numbers; train the uncompiled model under monitor(), or scan saved checkpoints"
+)
+
+
 def watched_module(model: Any) -> nn.Module:
     """The module whose forwards are watched: the model, or the one inside a DDP wrapper.
     Compiled, scripted, exported and DataParallel models are refused with the reason."""
@@ -83,13 +90,7 @@ def watched_module(model: Any) -> nn.Module:
         or getattr(m, "_compiled_call_impl", None) is not None
     ]
     if compiled:
-        raise UsageError(
-            f"monitor() cannot watch a torch.compile'd model ({compiled[0]}): compiled kernels "
-            "fuse the ReLU where the capture cannot see it, and running the recorded steps "
-            "uncompiled would change the training's numbers; monitor the uncompiled model, "
-            "or scan saved checkpoints",
-            param="model",
-        )
+        raise UsageError(f"{COMPILED} ({compiled[0]})", param="model")
     if isinstance(model, torch.jit.ScriptModule | torch.fx.GraphModule):
         raise UsageError(
             f"monitor() watches eager training; {type(model).__name__} is not one. Scan it "
@@ -187,6 +188,8 @@ class Watcher:
     # -- the root's hooks --
 
     def _before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            raise UsageError(COMPILED, param="model")
         self._depth += 1
         if self._depth > 1 or not torch.is_grad_enabled():
             return  # a nested call, or a forward that is not a training step
