@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from relu_doctor.analyze.assemble import build_report
 from relu_doctor.analyze.metrics import Thresholds
 from relu_doctor.analyze.report import ModelReport, SiteReport
-from relu_doctor.errors import ReluDoctorError, UsageError
+from relu_doctor.errors import ReluDoctorError, UsageError, param
+from relu_doctor.scanner.batches import iter_tensors
 from relu_doctor.scanner.monitor import Watcher
 from relu_doctor.scanner.session import RawScan
 from relu_doctor.scanner.sites import site_name
@@ -59,7 +60,13 @@ class Monitor:
         callback: Callback | None = None,
         name: str | None = None,
         distributed: bool | None = None,
+        steps: str = "forward",
     ) -> None:
+        if steps not in ("forward", "manual"):
+            raise UsageError(
+                f"{param('steps')} must be 'forward' or 'manual', got {steps!r}", param="steps"
+            )
+        self.auto = steps == "forward"
         self.thresholds = Thresholds(eps=eps, near_dead=near_dead, tau=tau)
         self.grad = grad
         self.callback = callback
@@ -81,7 +88,7 @@ class Monitor:
     # -- the context manager --
 
     def __enter__(self) -> Monitor:
-        self._watcher.install()
+        self._watcher.install(hooks=self.auto)
         return self
 
     def __exit__(
@@ -92,6 +99,31 @@ class Monitor:
     ) -> None:
         # Leaving on an error: close without collectives (other ranks may be gone).
         self._watcher.remove(distributed=None if exc_type is None else False)
+
+    # -- steps marked by hand (steps="manual") --
+
+    def begin_step(self, batch: Any = None) -> None:
+        """A training step starts (call it before the step's forward): with
+        ``steps="manual"``, for loops whose forward is not one call of the model (a training
+        framework's step, several submodules called one by one). ``batch``: the step's
+        inputs, for the sample count."""
+        self._check_manual()
+        self._watcher.begin_step(next((t.shape[0] for t in iter_tensors(batch) if t.ndim), 0))
+
+    def end_forward(self) -> None:
+        """The step's forward is over (call it before its backward; harmless twice)."""
+        self._check_manual()
+        self._watcher.end_forward()
+
+    def _check_manual(self) -> None:
+        if self.auto:
+            raise UsageError(
+                "this monitor counts the model's forwards; pass steps='manual' to mark steps "
+                "with begin_step() / end_forward()",
+                param="steps",
+            )
+        if not self._watcher.watching:
+            raise UsageError("begin_step() and end_forward() work inside the monitor's with block")
 
     # -- what it measured --
 
@@ -189,6 +221,7 @@ def monitor(
     callback: Callback | None = None,
     name: str | None = None,
     distributed: bool | None = None,
+    steps: str = "forward",
 ) -> Monitor:
     """Watch ``model``'s ReLU units inside its training loop::
 
@@ -205,10 +238,13 @@ def monitor(
     weights. ``callback(step, report)`` runs for each recorded step once its backward is
     done (at the next forward). A ``DistributedDataParallel`` model is watched inside its
     wrapper and, with ``torch.distributed`` initialised, statistics are summed over ranks.
-    A ``torch.compile``d model is refused (its kernels hide the ReLUs).
+    A ``torch.compile``d model is refused (its kernels hide the ReLUs). ``steps="manual"``:
+    no forward is counted; mark each step with ``begin_step()`` / ``end_forward()`` instead
+    (the Lightning callback does). A monitor can be entered again; it goes on counting.
     """
     return Monitor(
         model,
+        steps=steps,
         every=every,
         grad=grad,
         eps=eps,

@@ -166,7 +166,7 @@ def test_lightning_callback_logs_each_recorded_step(tmp_path: Path) -> None:
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             x, y = batch
-            return F.cross_entropy(self(x), y)
+            return F.cross_entropy(self.model(x), y)  # not through self(x): still measured
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
@@ -191,13 +191,16 @@ def test_lightning_callback_logs_each_recorded_step(tmp_path: Path) -> None:
         val_check_interval=3,
         default_root_dir=str(tmp_path),
     )
-    trainer.fit(Module(), loader, loader)
+    module = Module()
+    trainer.fit(module, loader, loader)
     assert callback.monitor is not None
     hist = callback.monitor.history()
     assert sorted(set(hist["step"])) == [0, 2, 4]
+    assert hist["grad_norm"].notna().all() and (hist["samples"] == 8).all()
     ours = {step: m for step, m in logger.logged if "relu_doctor/dead_fraction" in m}
     assert sorted(ours) == [0, 2, 4]
     for row in hist.to_dict("records"):
         assert row["site"] in ("model.1", "model.3")
         assert ours[row["step"]][f"relu_doctor/dead_fraction/{row['site']}"] == row["dead_fraction"]
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in trainer.model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+    assert torch._C._len_torch_dispatch_stack() == 0

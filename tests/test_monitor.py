@@ -4,6 +4,7 @@ bit-identical with and without the monitor."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 
 import relu_doctor
 from relu_doctor.analyze.report import ModelReport
@@ -191,11 +193,14 @@ def train(
 
 
 def leftovers(model: nn.Module) -> list[str]:
+    """Hooks (on the model or global) and dispatch modes still installed."""
     found = [
         name or "<root>"
         for name, m in model.named_modules()
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
     ]
+    if module_hooks._global_forward_pre_hooks or module_hooks._global_forward_hooks:
+        found.append("global module hooks")
     if torch._C._len_torch_dispatch_stack():
         found.append("dispatch mode")
     return found
@@ -283,6 +288,7 @@ def test_refused_models_and_arguments() -> None:
     assert leftovers(net) == []
 
 
+@pytest.mark.filterwarnings("ignore:Using .torch.compile.module.. when there are global hooks")
 def test_compiling_the_watched_model_later_is_refused_at_its_first_forward() -> None:
     net = Net()
     compiled = torch.compile(net, backend="eager")  # Dynamo would trace into the capture
@@ -304,6 +310,69 @@ def test_no_relu_is_said_when_the_numbers_are_read() -> None:
     empty = relu_doctor.monitor(Net())
     with empty, pytest.raises(UsageError, match="no step recorded yet"):
         empty.report()
+
+
+def test_the_model_can_be_saved_and_copied_while_watched(tmp_path: Any) -> None:
+    """Nothing of the monitor lives in the model: a whole-model checkpoint inside the loop
+    pickles and loads without relu-doctor, and a copy (an EMA model) is not watched."""
+    net = Net()
+    with relu_doctor.monitor(net, every=1) as mon:
+        net(torch.randn(4, 12))
+        torch.save(net, tmp_path / "ckpt.pt")
+        twin = copy.deepcopy(net)
+        twin(torch.randn(4, 12))  # not a step of the watched model
+        assert mon.steps == 1
+    back = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert leftovers(back) == [] and leftovers(twin) == []
+    assert torch.equal(back(torch.ones(2, 12)), net(torch.ones(2, 12)))
+
+
+def test_a_monitor_entered_again_goes_on_counting() -> None:
+    net = Net()
+    mon = relu_doctor.monitor(net, every=2)
+    for _ in range(2):
+        with mon:
+            for x, _ in batches(3):
+                net(x)
+        assert leftovers(net) == []
+        net(torch.randn(4, 12))  # outside: not counted
+    assert mon.steps == 6 and sorted(set(mon.history()["step"])) == [0, 2, 4]
+    with mon, pytest.raises(UsageError, match="already watching"):
+        mon.__enter__()
+
+
+def test_steps_marked_by_hand_cover_whatever_the_step_calls() -> None:
+    """steps="manual": the step's forward calls submodules one by one, never the model."""
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    expected = {}
+    with relu_doctor.monitor(net, every=2, grad=True, steps="manual") as mon:
+        for step, (x, y) in enumerate(batches(5)):
+            if step % 2 == 0:
+                expected[step] = reference(net, x, y)
+            mon.begin_step((x, y))
+            h = net.act1(net.fc1(x))  # the model itself is never called
+            loss = F.cross_entropy(net.out(F.relu(net.fc2(h))), y)
+            mon.end_forward()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            net(x)  # not a step here
+    hist = mon.history()
+    assert mon.steps == 5 and sorted(set(hist["step"])) == [0, 2, 4]
+    for row in hist.to_dict("records"):
+        want = expected[row["step"]][row["site"]]
+        assert (row["dead"], row["samples"]) == (want["dead"], want["samples"])
+        assert row["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-5)
+    assert leftovers(net) == []
+    with pytest.raises(UsageError, match="steps='manual'"):
+        relu_doctor.monitor(net).begin_step()
+    with pytest.raises(UsageError, match="inside the monitor"):
+        relu_doctor.monitor(net, steps="manual").begin_step()
+    with pytest.raises(UsageError, match="steps must be") as exc:
+        relu_doctor.monitor(net, steps="epoch")
+    assert exc.value.param == "steps"
 
 
 def test_history_mid_training_includes_the_step_just_done() -> None:

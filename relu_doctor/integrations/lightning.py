@@ -31,12 +31,13 @@ class ReluDoctorCallback(Callback):
 
         trainer = Trainer(callbacks=[ReluDoctorCallback(every=100)])
 
-    Every ``every``-th training forward is measured (``monitor()``; validation runs without
-    gradients and is not counted) and ``{prefix}/dead_fraction``, ``dead_units`` and per
-    site ``dead_fraction/<site>`` go to every logger of the trainer, at the monitor's step
-    (the count of training forwards: Lightning's ``global_step`` unless gradients are
-    accumulated). ``self.monitor.history()`` has everything after ``fit``. Under DDP
-    statistics are summed over ranks; the loggers write on rank 0 as usual.
+    Every ``every``-th training batch is measured (``monitor(steps="manual")``: the capture
+    runs from the start of the batch to its backward, so ``training_step`` may call
+    ``self(x)`` or any submodule; validation is not a step), and ``{prefix}/dead_fraction``,
+    ``dead_units`` and per site ``dead_fraction/<site>`` go to every logger of the trainer
+    at the trainer's ``global_step`` of that batch. ``self.monitor.history()`` has
+    everything after ``fit`` (``step`` there counts training batches). Under DDP statistics
+    are summed over ranks; the loggers write on rank 0 as usual.
     """
 
     def __init__(
@@ -55,13 +56,35 @@ class ReluDoctorCallback(Callback):
         self.options = options
         self.monitor: Monitor | None = None
         self._trainer: Any = None
+        self._global_step: dict[int, int] = {}  # monitor step -> trainer.global_step
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._trainer = trainer
         self.monitor = Monitor(
-            pl_module, every=self.every, grad=self.grad, callback=self._log, **self.options
+            pl_module,
+            every=self.every,
+            grad=self.grad,
+            callback=self._log,
+            steps="manual",
+            **self.options,
         )
         self.monitor.__enter__()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, idx: int) -> None:
+        if self.monitor is not None:
+            if self.monitor.steps % self.every == 0:  # a step to be recorded
+                self._global_step[self.monitor.steps] = trainer.global_step
+            self.monitor.begin_step(batch)
+
+    def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.end_forward()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if self.monitor is not None:
+            self.monitor.end_forward()  # a step that skipped its backward
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:
@@ -73,5 +96,6 @@ class ReluDoctorCallback(Callback):
 
     def _log(self, step: int, report: ModelReport) -> None:
         values = metrics(report, self.prefix, self.per_site)
+        at = self._global_step.pop(step, step)
         for logger in getattr(self._trainer, "loggers", ()):
-            logger.log_metrics(values, step=step)
+            logger.log_metrics(values, step=at)

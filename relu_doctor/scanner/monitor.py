@@ -3,10 +3,12 @@ the others run untouched.
 
 How a recorded step is covered (README "Monitoring training"):
 
-- a forward pre-hook on the root module opens a window: it installs the module-naming hooks
-  on the submodules and pushes the capture's dispatch mode; the root's forward hook
-  (``always_call``, so also when the forward raises) pops the mode and removes them again.
-  Between recorded steps the root's two hooks are all that runs: a counter and a return.
+- a forward pre-hook opens a window when the watched module's forward starts: it installs
+  the module-naming hooks on the submodules and pushes the capture's dispatch mode; the
+  forward hook (``always_call``, so also when the forward raises) pops the mode and removes
+  them again. Between recorded steps these two hooks are all that runs: a counter and a
+  return. They are global module hooks that return at once for any other module, so nothing
+  of the monitor is stored in the model (``torch.save(model)`` and ``copy.deepcopy`` work).
 - gradients come from the training's own backward: the dispatch mode is gone by then, so
   each measured activation output's autograd node (``ReluBackward0`` ...) gets a hook,
   whose ``grad_inputs[0]`` is the gradient w.r.t. the site's input that autograd computes
@@ -32,6 +34,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_forward_hook,
+    register_module_forward_pre_hook,
+)
 
 from relu_doctor.device import model_device
 from relu_doctor.errors import UsageError, param
@@ -45,9 +51,9 @@ OnWindow = Callable[[int, RawScan, str], None]
 
 
 class WindowResolver(EagerResolver):
-    """Installed from inside the root's own pre-hook: the root's hooks are already being
-    called, so hooks go on the submodules only and the root's frame is pushed by hand (the
-    names come out exactly as in a scan)."""
+    """Installed from inside a pre-hook of the root's forward: the root's own hooks are
+    already being called, so hooks go on the submodules only and the root's frame is pushed
+    by hand (the names come out exactly as in a scan)."""
 
     def install(self) -> None:
         root = self.model
@@ -136,9 +142,10 @@ class Watcher:
             resolver=WindowResolver(self.module),
         )
         self.session.recorder.on_output = self._on_output
-        self.steps = 0  # counted forwards so far
+        self.steps = 0  # steps counted so far
         self.warnings: list[str] = []
         self._handles: list[Any] = []
+        self._installed = False
         self._capture: ExitStack | None = None  # open during a recorded forward
         self._depth = 0
         self._outputs: list[tuple[SiteAccumulator, torch.Tensor, int]] = []
@@ -147,25 +154,36 @@ class Watcher:
 
     # -- life cycle --
 
-    def install(self) -> None:
-        if self._handles:
-            raise UsageError("this monitor is already watching; a monitor is entered once")
-        m = self.module
-        self._handles = [
-            m.register_forward_pre_hook(self._before, with_kwargs=True),
-            m.register_forward_hook(self._after, always_call=True),
-        ]
+    def install(self, hooks: bool = True) -> None:
+        """Global module hooks, not hooks on the model: nothing of the monitor is stored in
+        the model, so ``torch.save(model)`` and ``copy.deepcopy(model)`` work as without it
+        (a copy is not watched). Each hook returns at once for every other module."""
+        if self._installed:
+            raise UsageError(
+                "this monitor is already watching; enter it again after its with block ends"
+            )
+        self._installed = True
+        if hooks:  # else the caller marks the steps (begin_step / end_forward)
+            self._handles = [
+                register_module_forward_pre_hook(self._before),
+                register_module_forward_hook(self._after, always_call=True),
+            ]
+
+    @property
+    def watching(self) -> bool:
+        return self._installed
 
     def remove(self, distributed: bool | None = None) -> None:
         """Close the last window and take every hook away (idempotent)."""
         try:
-            self._end_capture(failed=True)  # only open if a forward is still running
+            self.end_forward(failed=True)  # only open if a step's forward is still running
             self.close(self.distributed if distributed is None else distributed)
         finally:
             for h in self._handles:
                 h.remove()
             self._handles.clear()
             self._remove_grad_hooks()
+            self._installed = False
 
     def close(self, distributed: bool) -> None:
         """Close the pending window, all-reducing it when ``distributed``."""
@@ -185,32 +203,44 @@ class Watcher:
         if not self.distributed:
             self.close(False)
 
-    # -- the root's hooks --
+    # -- the hooks around the watched module's forward --
 
-    def _before(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _before(self, module: nn.Module, args: Any) -> None:
+        if module is not self.module:
+            return
         if torch.compiler.is_compiling():
             raise UsageError(COMPILED, param="model")
         self._depth += 1
         if self._depth > 1 or not torch.is_grad_enabled():
             return  # a nested call, or a forward that is not a training step
+        self.begin_step(next((t.shape[0] for t in iter_tensors(args) if t.ndim), 0))
+
+    def _after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if module is not self.module:
+            return
+        self._depth = max(self._depth - 1, 0)
+        if self._depth == 0:
+            # ``always_call`` runs this with output None when the forward raised.
+            self.end_forward(failed=output is None and sys.exc_info()[1] is not None)
+
+    # -- steps (from the hooks above, or marked by a training framework) --
+
+    def begin_step(self, rows: int) -> None:
+        """One step starts: close the window before it, count it, and when it is to be
+        recorded start the capture (``rows``: samples in its batch, 0 if unknown)."""
         self.close(self.distributed)
         step, self.steps = self.steps, self.steps + 1
         if step % self.every:
             return
-        rows = next((t.shape[0] for t in iter_tensors((args, kwargs)) if t.ndim), 0)
         stack = ExitStack()
         stack.enter_context(self.session.recorder)  # names the submodules' calls
         stack.enter_context(self.session.capturing(rows))  # pushes the dispatch mode
         self._capture = stack
-        self._pending = (step, "train" if module.training else "eval")
+        self._pending = (step, "train" if self.module.training else "eval")
 
-    def _after(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._depth = max(self._depth - 1, 0)
-        if self._depth == 0 and self._capture is not None:
-            # ``always_call`` runs this with output None when the forward raised.
-            self._end_capture(failed=output is None and sys.exc_info()[1] is not None)
-
-    def _end_capture(self, failed: bool) -> None:
+    def end_forward(self, failed: bool = False) -> None:
+        """The step's forward is over (its backward may follow): stop the capture; with
+        ``grad`` hook the autograd nodes of its outputs. A ``failed`` step is dropped."""
         stack, self._capture = self._capture, None
         if stack is None:
             return
