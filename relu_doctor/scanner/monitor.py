@@ -184,6 +184,7 @@ class Watcher:
             self._handles.clear()
             self._remove_grad_hooks()
             self._installed = False
+            self._depth = 0
 
     def close(self, distributed: bool) -> None:
         """Close the pending window, all-reducing it when ``distributed``."""
