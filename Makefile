@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 SAMPLES := sample_models/textbook_fresh.pt sample_models/textbook_dying.pt \
-           sample_models/cnn_dead.pt sample_models/textbook_data.pt
+           sample_models/cnn_dead.pt sample_models/textbook_data.pt \
+           $(foreach k,1 2 3 4 5 6,sample_models/run/epoch$(k).pt)
 
 .PHONY: demo test lint bench samples docs clean
 
@@ -39,6 +40,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.runtime
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/monitor_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(SAMPLES)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(SAMPLES) sample_models/run

@@ -13,11 +13,13 @@ __version__ = "0.1.0"
 __all__ = [
     "FixReport",
     "ModelReport",
+    "Monitor",
     "SiteReport",
     "SiteStats",
     "__version__",
     "check",
     "diagnose",
+    "monitor",
     "repair",
     "scan",
 ]
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from relu_doctor.fix.proof import FixReport
     from relu_doctor.fix.repair import repair
     from relu_doctor.gate.judge import check
+    from relu_doctor.monitoring import Monitor, monitor
 
 #: Public name -> (module, attribute), imported on first use.
 _LAZY = {
@@ -38,6 +41,8 @@ _LAZY = {
     "repair": ("relu_doctor.fix.repair", "repair"),
     "FixReport": ("relu_doctor.fix.proof", "FixReport"),
     "diagnose": ("relu_doctor.analyze.assemble", "diagnose"),
+    "monitor": ("relu_doctor.monitoring", "monitor"),
+    "Monitor": ("relu_doctor.monitoring", "Monitor"),
     "ModelReport": ("relu_doctor.analyze.report", "ModelReport"),
     "SiteReport": ("relu_doctor.analyze.report", "SiteReport"),
     "SiteStats": ("relu_doctor.analyze.report", "SiteReport"),  # the 0.1 name

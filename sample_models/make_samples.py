@@ -3,7 +3,8 @@
 Seeded and deterministic; writes next to this file:
 
 - textbook_fresh.pt  784-128-10 ReLU MLP, freshly initialised (healthy)
-- textbook_dying.pt  the same network after real SGD training with a too-high learning rate
+- textbook_dying.pt  the same network after real SGD training through a learning-rate spike
+- run/epoch1.pt ...  that training run saved after every epoch (epoch6.pt = textbook_dying.pt)
 - cnn_dead.pt        small Conv/BatchNorm/ReLU CNN with planted dead channels
 - textbook_data.pt   {"x": (512, 784) float32, "y": (512,) int64} from the training task
 
@@ -26,11 +27,18 @@ SEED = 0  # model init, shuffling, BN calibration, choice of planted channels
 DATA_SEED = 1  # synthetic task (teacher and inputs); differs from the scan seed 0
 SCAN_SEED, SCAN_BATCHES, SCAN_BATCH = 0, 8, 32
 
-# Training of the dying network: plain SGD whose learning rate is far too high.
+# Training of the dying network: plain SGD at lr 0.1 whose schedule spikes to 3.2 for two
+# epochs. The spike epochs are chaotic (a float32 rounding difference between two CPUs
+# would change which units die), so the run is computed in float64, where a 1e-11 change
+# of the starting weights changes nothing (checked below), and saved in float32.
 N_TRAIN, N_DATA = 4096, 512
-LR, EPOCHS, BATCH = 3.2, 6, 128
+LR, SPIKE_LR, BATCH = 0.1, 3.2, 128
+SCHEDULE = (LR, LR, SPIKE_LR, SPIKE_LR, LR, LR)  # learning rate of each epoch
 WEIGHT_DECAY = 1e-2  # on weights only, biases undecayed (the usual recipe)
 CLIP = 5.0  # gradient-norm clip: keeps the loss finite instead of NaN
+PERTURBATION = (
+    1e-11  # relative change of the start in the robustness check (float64 rounding: ~1e-16)
+)
 
 SAFE = [
     nn.Sequential,
@@ -75,23 +83,42 @@ def synthetic_task(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x @ teacher).argmax(dim=1)
 
 
-def train_too_hot(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> float:
-    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
-    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+def train_with_spike(
+    model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, perturb: float = 0.0
+) -> list[nn.Sequential]:
+    """Train a float64 copy of ``model`` through ``SCHEDULE``; return the float32 model after
+    each epoch (``perturb``: scale every starting weight by 1 + perturb first)."""
+    net = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1 + perturb)
+    x = x.double()
+    weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in net.named_parameters() if name.endswith("bias")]
     opt = torch.optim.SGD(
         [{"params": weights, "weight_decay": WEIGHT_DECAY}, {"params": biases}], lr=LR
     )
-    model.train()
-    for _ in range(EPOCHS):
+    net.train()
+    torch.manual_seed(SEED)  # the same shuffles for every run
+    epochs = []
+    for lr in SCHEDULE:
+        for group in opt.param_groups:
+            group["lr"] = lr
         perm = torch.randperm(len(x))
         for i in range(0, len(x), BATCH):
             idx = perm[i : i + BATCH]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            nn.utils.clip_grad_norm_(net.parameters(), CLIP)
             opt.step()
-    opt.zero_grad(set_to_none=True)
+        epoch = textbook()
+        epoch.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+        epochs.append(finish(epoch))
+    return epochs
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(dim=1) == y).float().mean().item()
 
@@ -129,6 +156,30 @@ def fired_units(model: nn.Sequential, shape: tuple[int, ...]) -> dict[str, torch
                     fired[name] = fired.get(name, torch.zeros(h.shape[1], dtype=torch.bool))
                     fired[name] |= f.any(dim=0)
     return fired
+
+
+def check_robust(
+    start: nn.Sequential, x: torch.Tensor, y: torch.Tensor, epochs: list[nn.Sequential]
+) -> bool:
+    """The same units die, epoch by epoch, when the starting weights change by
+    ``PERTURBATION`` (far more than the rounding of another CPU), and the dead units sit
+    clearly below zero on the scan inputs."""
+    again = train_with_spike(start, x, y, perturb=PERTURBATION)
+    for k, (a, b) in enumerate(zip(epochs, again, strict=True), 1):
+        dead_a = ~fired_units(a, (784,))["relu"]
+        dead_b = ~fired_units(b, (784,))["relu"]
+        if not torch.equal(dead_a, dead_b):
+            print(f"error: epoch {k}: a {PERTURBATION} change of the start changes the dead units")
+            return False
+    g = torch.Generator().manual_seed(SCAN_SEED)
+    inputs = torch.cat([torch.randn(SCAN_BATCH, 784, generator=g) for _ in range(SCAN_BATCHES)])
+    with torch.no_grad():  # largest pre-activation of each unit on the scan inputs
+        closest = min(float(e.fc1(inputs).amax(dim=0).abs().min()) for e in epochs)
+    print(
+        f"robust: the same dead units in every epoch after a {PERTURBATION} change of the "
+        f"start; no unit's peak pre-activation is closer to zero than {closest:.4f}"
+    )
+    return closest > 1e-3  # float32 rounding of a scan's forward is ~1e-6
 
 
 def finish(model: nn.Sequential) -> nn.Sequential:
@@ -182,11 +233,24 @@ def main(out: Path = HERE) -> int:
     size = save_and_check(fresh, "textbook_fresh.pt", out)
     ok &= report("textbook_fresh.pt", fired_units(fresh, (784,)), size) == 0
 
-    acc = train_too_hot(net, x[:N_TRAIN], y[:N_TRAIN])
-    dying = finish(net)
+    epochs = train_with_spike(net, x[:N_TRAIN], y[:N_TRAIN])
+    run = out / "run"
+    run.mkdir(exist_ok=True)
+    for k, epoch in enumerate(epochs, 1):
+        size = save_and_check(epoch, f"run/epoch{k}.pt", out)
+        acc = accuracy(epoch, x[:N_TRAIN], y[:N_TRAIN])
+        report(
+            f"run/epoch{k}.pt",
+            fired_units(epoch, (784,)),
+            size,
+            f", lr {SCHEDULE[k - 1]}, train acc {acc:.2f}",
+        )
+    dying = epochs[-1]
     size = save_and_check(dying, "textbook_dying.pt", out)
-    extra = f", train acc {acc:.2f} (lr {LR}, {EPOCHS} epochs, batch {BATCH})"
+    acc = accuracy(dying, x[:N_TRAIN], y[:N_TRAIN])
+    extra = f", train acc {acc:.2f} (lr {SCHEDULE}, batch {BATCH})"
     ok &= report("textbook_dying.pt", fired_units(dying, (784,)), size, extra) >= 0.3 * 128
+    ok &= check_robust(net, x[:N_TRAIN], y[:N_TRAIN], epochs)
 
     torch.manual_seed(SEED)
     model = cnn()

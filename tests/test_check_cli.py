@@ -94,19 +94,23 @@ def test_an_unhealthy_model_exits_1_with_its_findings_under_the_table(
     assert lines[-1] == "FAIL: deep.pt is unhealthy (1 error)"
 
 
-def test_several_checkpoints_are_judged_in_the_order_given(ckpt: dict[str, str]) -> None:
+def test_several_checkpoints_are_judged_in_natural_order(ckpt: dict[str, str]) -> None:
     order = ["healthy", "deep", "all_dead", "mlp"]
     r = run("check", *(ckpt[n] for n in order), *FAST)
     assert r.exit_code == 1
+    assert r.stdout.rstrip().splitlines()[-1] == (
+        "FAIL: 3 of 4 models unhealthy: all_dead.pt (2 errors), deep.pt (1 error), mlp.pt (1 error)"
+    )
+    r = run("check", *(ckpt[n] for n in order), *FAST, "--keep-order")
     assert r.stdout.rstrip().splitlines()[-1] == (
         "FAIL: 3 of 4 models unhealthy: deep.pt (1 error), all_dead.pt (2 errors), mlp.pt (1 error)"
     )
     code, doc = judged(*(ckpt[n] for n in order), *FAST)
     assert code == 1 and doc["check"]["healthy"] is False
     assert [(m["model"], m["healthy"]) for m in doc["models"]] == [
-        ("healthy.pt", True),
-        ("deep.pt", False),
         ("all_dead.pt", False),
+        ("deep.pt", False),
+        ("healthy.pt", True),
         ("mlp.pt", False),
     ]
 
@@ -115,7 +119,17 @@ def test_a_model_that_cannot_be_scanned_exits_2_after_everything_else(
     ckpt: dict[str, str],
 ) -> None:
     Path("broken.pt").write_bytes(b"not a model")
-    r = run("check", ckpt["deep"], "broken.pt", *FAST, "-o", "r.json", "--junit", "j.xml")
+    r = run(
+        "check",
+        ckpt["deep"],
+        "broken.pt",
+        *FAST,
+        "--keep-order",
+        "-o",
+        "r.json",
+        "--junit",
+        "j.xml",
+    )
     assert r.exit_code == 2  # 2 wins over the 1 of deep.pt
     assert r.stderr.splitlines()[-1].startswith("Error: 1 of 2 models could not be scanned")
     assert "FAIL: 1 of 2 models unhealthy: deep.pt (1 error); 1 of 2 could not be scanned" in (
@@ -213,7 +227,7 @@ def test_a_baseline_without_this_models_name(ckpt: dict[str, str]) -> None:
     error_line(
         run("check", ckpt["mlp"], *FAST, "--baseline", "two.json"),
         "no model named 'mlp.pt'",
-        "healthy.pt, deep.pt",
+        "deep.pt, healthy.pt",  # the baseline's models, in natural order
     )
 
 

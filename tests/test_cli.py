@@ -166,7 +166,9 @@ def test_format_json_on_stdout(m: Any) -> None:
 
 def test_format_markdown_on_stdout(m: Any) -> None:
     deep = m["deep"]
-    r = ok(run("scan", deep.path, m["all_dead"].path, *FAST, "--format", "markdown"))
+    r = ok(
+        run("scan", deep.path, m["all_dead"].path, *FAST, "--keep-order", "--format", "markdown")
+    )
     text = r.stdout
     assert "### deep.pt\n\n5 of 24 ReLU units dead (20.8%) across 2 sites" in text
     assert "firing rate < 3/64 = 4.69% at 95% confidence" in text
@@ -184,8 +186,8 @@ def test_format_markdown_on_stdout(m: Any) -> None:
 
 def test_several_models_give_one_report_each(m: Any) -> None:
     names = ["mlp", "deep", "all_dead"]
-    r = ok(run("scan", *(m[n].path for n in names), *FAST, "--format", "json"))
-    models = json.loads(r.stdout)["models"]
+    given = ("scan", *(m[n].path for n in names), *FAST, "--format", "json", "--keep-order")
+    models = json.loads(ok(run(*given)).stdout)["models"]
     assert [x["model"] for x in models] == [m[n].path.name for n in names]
     assert [sum(s["dead"] for s in x["sites"]) for x in models] == [3, 5, 16]
     assert [x["dead_fraction"] for x in models] == pytest.approx([3 / 16, 5 / 24, 1.0])
@@ -317,7 +319,8 @@ def test_a_failed_model_of_several_loses_nothing_else(m: Any) -> None:
 
 def test_a_failed_model_is_an_error_entry_in_json(m: Any) -> None:
     Path("broken.pt").write_bytes(Path(m["mlp"].path).read_bytes()[:200])
-    r = run("scan", m["mlp"].path, "broken.pt", m["deep"].path, *FAST, "--format", "json")
+    given = (m["mlp"].path, "broken.pt", m["deep"].path)
+    r = run("scan", *given, *FAST, "--format", "json", "--keep-order")
     assert r.exit_code == 2
     models = json.loads(r.stdout)["models"]
     assert [x["model"] for x in models] == ["mlp.pt", "broken.pt", "deep.pt"]
@@ -333,7 +336,7 @@ def test_a_missing_path_fails_before_anything_is_scanned(m: Any) -> None:
 
 
 def test_csv_of_several_models_has_a_row_per_site_of_each(m: Any) -> None:
-    r = ok(run("scan", m["mlp"].path, m["deep"].path, *FAST, "--format", "csv"))
+    r = ok(run("scan", m["mlp"].path, m["deep"].path, *FAST, "--format", "csv", "--keep-order"))
     got = [(row["model"], row["site"], int(row["dead"])) for row in csv_rows(r.stdout)]
     mlp, deep = m["mlp"].path.name, m["deep"].path.name
     assert got == [(mlp, "act1", 3), (deep, "act1", 3), (deep, "act2", 2)]

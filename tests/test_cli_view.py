@@ -22,7 +22,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def names(stdout: str) -> list[str]:
-    return [row[0].split(" after ")[0] for row in table_lines(stdout)]
+    """Site names of the per-model tables (not the timeline's rows)."""
+    sites = stdout.split("\nTimeline\n")[0]
+    return [row[0].split(" after ")[0] for row in table_lines(sites)]
 
 
 def test_sort_top_and_only_unhealthy_shape_the_table_not_the_files() -> None:

@@ -51,6 +51,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--data", "{sample:textbook_data.pt}", "--batches", "4"],
     ),
     "sample_cnn": (["{sample:cnn_dead.pt}"], []),
+    # the README's timeline: the epochs of the sample training run, given out of order
+    "sample_run": ([f"{{sample:run/epoch{k}.pt}}" for k in (6, 5, 4, 3, 2, 1)], ["--no-grad"]),
 }
 #: Output files of each case: (suffix, options that write it).
 OUTPUTS = {

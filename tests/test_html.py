@@ -168,9 +168,9 @@ def test_sample_model_pages(samples: dict[str, Any], name: str) -> None:
 
 
 def test_sample_dying_summary(samples: dict[str, Any]) -> None:
-    """The README's numbers: 57 of 128 units dead, 256 samples in 8 batches."""
+    """The README's numbers: 44 of 128 units dead, 256 samples in 8 batches."""
     text = html.unescape(html_page(samples["textbook_dying"]))
-    assert "57 of 128 ReLU units dead (44.5%) across 1 site; 256 samples in 8 batches" in text
+    assert "44 of 128 ReLU units dead (34.4%) across 1 site; 256 samples in 8 batches" in text
     assert "3/256 = 1.17% at 95% confidence" in text
 
 

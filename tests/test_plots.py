@@ -111,11 +111,11 @@ def test_sample_model_pictures(samples: dict[str, Any], name: str, tmp_path: Pat
 
 
 def test_sample_dying_numbers(samples: dict[str, Any]) -> None:
-    """The README's sample: 57 of 128 units dead (sample_models/README.md)."""
+    """The README's sample: 44 of 128 units dead (sample_models/README.md)."""
     fig = report_figure(samples["textbook_dying"])
-    assert "57 of 128 ReLU units dead (44.5%)" in fig.get_suptitle()
+    assert "44 of 128 ReLU units dead (34.4%)" in fig.get_suptitle()
     (dead,) = _axes(fig, HISTOGRAM_PREFIX + "relu").containers[1]  # the red bar at rate 0
-    assert dead.get_height() == 57
+    assert dead.get_height() == 44
 
 
 @pytest.mark.parametrize("name", reports.PLANTED_NAMES)

@@ -340,6 +340,16 @@ for _column in (
         priority=35,
         doc="dead units per cause (collapsed, starved, bias, weights, unknown)",
     ),
+    Column(
+        "died",
+        _executed(lambda f: f.extras.get("died")),
+        doc="units dead now and alive in the previous checkpoint (several models)",
+    ),
+    Column(
+        "revived",
+        _executed(lambda f: f.extras.get("revived")),
+        doc="units alive now and dead in the previous checkpoint (several models)",
+    ),
 ):
     site_column(_column)
 

@@ -16,6 +16,7 @@ import click
 from click.core import ParameterSource
 
 from relu_doctor.analyze.report import ModelReport
+from relu_doctor.analyze.timeline import build_timeline
 from relu_doctor.cli.check_options import THRESHOLDS
 from relu_doctor.cli.common import (
     EXIT_OK,
@@ -81,8 +82,15 @@ def run_check(ctx: click.Context, models: list[str], opts: dict[str, Any]) -> in
         baseline=opts.get("baseline"),
         paths=paths,
     )
-    doc = Document(tuple(items), command=command_line(), findings=findings, gate=gate)
-    write_outputs(doc, where)
+    timeline = build_timeline(items)
+    doc = Document(
+        timeline.items,
+        command=command_line(),
+        findings=findings,
+        gate=gate,
+        timeline=timeline.rows,
+    )
+    write_outputs(doc, where, summary_only=bool(opts.get("summary_only")))
     if where.stdout is None or where.stdout.name != "table":  # the table ends with it
         click.echo(verdict.verdict_line(doc), err=True)
     if opts.get("write_baseline"):

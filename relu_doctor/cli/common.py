@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from relu_doctor.analyze.report import ModelReport
+from relu_doctor.analyze.timeline import build_timeline, natural_sorted
 from relu_doctor.api import scan
 from relu_doctor.cli import ARGV, console, render_error
 from relu_doctor.device import resolve_device
@@ -72,6 +73,12 @@ def targets(opts: dict[str, Any], command: str = "scan") -> Targets:
         units = (opts["per_unit"], format_for_path(opts["per_unit"], "per_unit", units=True))
     if stdout is None:
         stdout = FORMATS["table"] if opts.get("output") else FORMATS[fmt or "table"]
+    if opts.get("summary_only") and stdout.name != "table":
+        raise UsageError(
+            f"{param('summary_only')} shortens the table, but stdout gets {stdout.name}; drop "
+            f"{param('summary_only')} or write {stdout.name} to a file with {param('output')}",
+            param="summary_only",
+        )
     for _, f in files:
         f.available()
     stdout.available()
@@ -117,6 +124,11 @@ def check_models(models: Sequence[str]) -> None:
         )
 
 
+def ordered(models: Sequence[str], opts: dict[str, Any]) -> list[str]:
+    """Natural order of the names (``epoch2`` before ``epoch10``) unless ``keep_order``."""
+    return list(models) if opts.get("keep_order") else natural_sorted(models)
+
+
 #: Called with each MODEL argument, its loaded model and its report, while the model is
 #: still in memory.
 AfterScan = Callable[[str, LoadedModel, ModelReport], None]
@@ -125,12 +137,14 @@ AfterScan = Callable[[str, LoadedModel, ModelReport], None]
 def scan_models(
     models: Sequence[str], opts: dict[str, Any], after: AfterScan | None = None
 ) -> list[ModelReport | Failure]:
-    """Load and scan each model with the command's options, on the very same inputs; a model
-    that fails becomes a ``Failure`` in its place (one model alone raises, as before).
+    """Load and scan each model with the command's options, in natural order (or as given
+    with ``keep_order``), one at a time and on the very same inputs; a model that fails
+    becomes a ``Failure`` in its place (one model alone raises, as before).
     ``after`` sees each loaded model with its report (``check`` reads weights there, so
     nothing is loaded twice); an error it raises counts as that model's failure."""
     check_batch_args(opts["batch_size"], opts.get("batches"))
     check_models(models)
+    models = ordered(models, opts)
     trust = bool(opts.get("trust")) or trust_from_env()
     device = resolve_device(opts.get("device") or "auto")
     names = display_names(models)
@@ -189,13 +203,21 @@ def _scan_one(
     return report
 
 
-def write_outputs(doc: Document, where: Targets) -> None:
-    """Print stdout's format (warnings to stderr when stdout is data) and write the files."""
+def scan_document(models: Sequence[str], opts: dict[str, Any], **extra: Any) -> Document:
+    """Scan the models (``scan_models``) and compare them as a timeline: every site row gets
+    ``died``/``revived`` against the checkpoint before, and the document one row per model."""
+    timeline = build_timeline(scan_models(models, opts))
+    return Document(timeline.items, command=command_line(), timeline=timeline.rows, **extra)
+
+
+def write_outputs(doc: Document, where: Targets, *, summary_only: bool = False) -> None:
+    """Print stdout's format (warnings to stderr when stdout is data) and write the files;
+    ``summary_only``: the terminal table shows just the timeline (one row per model)."""
     if where.stdout is None:
         pass
     elif where.stdout.name == "table":
         out = console.out_console()
-        parts = table.views(doc, out.width, where.view)
+        parts = table.views(doc, out.width, where.view, summary_only=summary_only)
         if out.is_terminal:
             for part in parts:
                 out.print(part)

@@ -234,6 +234,20 @@ def scan_options(command: str) -> Decorator:
             "(N,F), channels of conv outputs, last dim after a Linear].",
         ),
         _option(
+            "--keep-order",
+            is_flag=True,
+            group="Loading",
+            help="Scan and compare several MODELs in the order given [default: natural "
+            "order of the names, epoch2 before epoch10].",
+        ),
+        _option(
+            "--summary-only",
+            is_flag=True,
+            group="Output",
+            help="The terminal shows only the timeline: one row per MODEL (dead, died, "
+            "revived, worst site).",
+        ),
+        _option(
             "--format",
             "fmt",
             type=click.Choice(stdout_formats(command)),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from relu_doctor.cli.common import command_line, exit_code, scan_models, targets, write_outputs
-from relu_doctor.output.document import Document
+from relu_doctor.cli.common import exit_code, scan_document, targets, write_outputs
 
 
 def run_scan(models: list[str], opts: dict[str, Any]) -> int:
     where = targets(opts)
-    doc = Document(tuple(scan_models(models, opts)), command=command_line())
-    write_outputs(doc, where)
+    doc = scan_document(models, opts)
+    write_outputs(doc, where, summary_only=bool(opts.get("summary_only")))
     return exit_code(doc)

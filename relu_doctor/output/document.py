@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from relu_doctor.analyze.report import ModelReport
+    from relu_doctor.analyze.timeline import TimelineRow
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,14 @@ class Document:
     command line that produced them; ``findings`` (model name -> findings) and ``gate``
     (how they were judged) when the command judged them; ``proof`` (a
     ``fix.proof.FixReport``) when it repaired one, its items then being the model before and
-    after."""
+    after; ``timeline`` (one row per item) when several checkpoints were compared."""
 
     items: tuple[ModelReport | Failure, ...]
     command: str = ""
     findings: Mapping[str, Sequence[Any]] | None = field(default=None)
     gate: Gate | None = None
     proof: Any = None
+    timeline: tuple[TimelineRow, ...] = ()
 
     @property
     def reports(self) -> tuple[ModelReport, ...]:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from relu_doctor.analyze.report import reports_to_dict
+from relu_doctor.analyze.report import clean, reports_to_dict
 from relu_doctor.output.document import Document, Failure
 
 
 def sites(doc: Document) -> str:
     """The report document; a model that could not be scanned is ``{"model", "error"}`` in
     its place. A judged document (``check``) adds ``check`` and per model ``findings`` and
-    ``healthy``."""
+    ``healthy``; several models add ``timeline``, one entry per model in order."""
     data = reports_to_dict(list(doc.reports))
     if doc.failures:
         done = iter(data["models"])
@@ -19,6 +19,8 @@ def sites(doc: Document) -> str:
             {"model": i.model, "error": i.message} if isinstance(i, Failure) else next(done)
             for i in doc.items
         ]
+    if len(doc.timeline) > 1:
+        data["timeline"] = [clean(row.to_dict()) for row in doc.timeline]
     if doc.findings is not None:  # check: the verdict, thresholds and findings too
         from relu_doctor.output.verdict import json_additions
 

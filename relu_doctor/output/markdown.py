@@ -1,5 +1,6 @@
 """GitHub-flavoured Markdown, the job-summary format: per model a heading, the summary, the
-per-site table (no model column), suggestions and warnings; and the per-unit dump."""
+per-site table (no model column), suggestions and warnings, and a timeline for several
+models; and the per-unit dump."""
 
 from __future__ import annotations
 
@@ -70,6 +71,24 @@ def sites(doc: Document) -> str:
             out += [f"### {cell(r.model)}", "", f"**error**: {cell(r.message)}", ""]
         else:
             out += model_section(r)
+    if len(doc.timeline) > 1:
+        out += ["**Timeline**", ""]
+        out += table(
+            ["model", "dead_fraction", "dead", "died", "revived", "worst_site", "note"],
+            (
+                [
+                    row.model,
+                    row.dead_fraction,
+                    row.dead,
+                    row.died,
+                    row.revived,
+                    row.worst_site,
+                    f"error: {row.error}" if row.error else "; ".join(row.notes),
+                ]
+                for row in doc.timeline
+            ),
+        )
+        out.append("")
     return "\n".join(out)
 
 

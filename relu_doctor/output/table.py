@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from relu_doctor.analyze.columns import SITE_COLUMNS, Column
-from relu_doctor.analyze.report import WEAK_BOUND_SAMPLES, ModelReport, SiteReport
+from relu_doctor.analyze.report import WEAK_BOUND_SAMPLES, ModelReport, SiteReport, severity
+from relu_doctor.analyze.timeline import TimelineRow
 from relu_doctor.output.document import Document, Failure
 
 #: Colour of each severity.
@@ -259,9 +260,56 @@ def report_view(report: ModelReport, width: int | None = None, view: View = View
     return Group(*(p for p in parts if p is not None))
 
 
-def views(doc: Document, width: int | None = None, view: View = View()) -> list[Any]:
-    """The renderables of a document, models separated by a blank line; a judged document
+def _count(value: int | None) -> str:
+    return "–" if value is None else str(value)
+
+
+def _timeline_cells(row: TimelineRow) -> list[Any]:
+    if row.error is not None:
+        return [Text(row.model), "", "", "", "", Text("could not be scanned", style="bold red")]
+    style = STYLES[severity(row.dead_fraction)]
+    dead = "–" if row.dead is None else f"{row.dead} / {row.units}"
+    worst = "–" if row.worst_site is None else f"{row.worst_site} ({row.worst_fraction:.1%})"
+    return [
+        Text(row.model),
+        Text("–" if row.dead_fraction is None else f"{row.dead_fraction:.1%}", style=style),
+        Text(dead, style=style),
+        Text(_count(row.died), style="red" if row.died else ""),
+        Text(_count(row.revived), style="green" if row.revived else ""),
+        Text(worst),
+    ]
+
+
+def timeline_view(rows: tuple[TimelineRow, ...]) -> Group:
+    """One row per checkpoint: model dead fraction, dead units, units that died and revived
+    since the checkpoint before, the worst site; notes on what could not be compared."""
+    table = Table(title=Text("Timeline", style="bold"), title_justify="left", expand=False)
+    table.add_column("model", no_wrap=True, overflow="fold")
+    for header in ("dead%", "dead", "died", "revived"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("worst site", overflow="fold")
+    for row in rows:
+        table.add_row(*_timeline_cells(row))
+    lines = [
+        Text(
+            "died / revived: units dead now and alive in the checkpoint before / the "
+            "reverse, matched by site and unit.",
+            style="dim",
+        )
+    ]
+    for row in rows:
+        lines += [Text.assemble((f"{row.model}: ", "bold"), note) for note in row.notes]
+    return Group(table, Text("\n").join(lines))
+
+
+def views(
+    doc: Document, width: int | None = None, view: View = View(), summary_only: bool = False
+) -> list[Any]:
+    """The renderables of a document, models separated by a blank line; for several models
+    the timeline after them (``summary_only``: the timeline alone); a judged document
     (``check``) has each model's findings under its table and the verdict at the end."""
+    if summary_only and doc.timeline:
+        return [timeline_view(doc.timeline)]
     out: list[Any] = []
     for i, item in enumerate(doc.items):
         if i:
@@ -274,6 +322,8 @@ def views(doc: Document, width: int | None = None, view: View = View()) -> list[
             from relu_doctor.output.verdict import findings_view
 
             out.append(findings_view(doc, item.model))
+    if len(doc.timeline) > 1:
+        out += [Text(), timeline_view(doc.timeline)]
     if doc.findings is not None:  # check: thresholds and the verdict close the output
         from relu_doctor.output.verdict import footer
 

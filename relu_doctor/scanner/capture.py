@@ -127,6 +127,8 @@ class Recorder:
         self.track_ops = True  # names of the ops of the first batch, for "no ReLU" errors
         self.ops_seen: set[str] = set()
         self.last_site = ""
+        #: Called with each measured output (``monitor()`` hooks the training's own backward).
+        self.on_output: Callable[[SiteAccumulator, torch.Tensor, bool], None] | None = None
 
     def __enter__(self) -> Recorder:
         self.resolver.install()
@@ -141,6 +143,11 @@ class Recorder:
         self.resolver.remove()
         self._saved.clear()
         self._scratch.clear()
+
+    def reset(self) -> None:
+        """Forget the statistics, keep the topology: ``monitor()`` starts a new window."""
+        self._accs.clear()
+        self._info.clear()
 
     def begin_batch(self, rows: int) -> None:
         self.resolver.start_forward()
@@ -197,6 +204,8 @@ class Recorder:
         self.observe_out(acc, out)
         if self.topology is not None:
             self.topology.after_activation(key, out)
+        if self.on_output is not None:
+            self.on_output(acc, out, inplace)
         if self.grad and torch.is_grad_enabled():
             saved = self._saved.setdefault(act.op, {})
             saved[_key(out)] = acc

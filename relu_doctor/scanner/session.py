@@ -58,10 +58,11 @@ class ScanSession:
         unit_dim: int | None,
         device: torch.device,
         seed: int = 0,
+        resolver: Resolver | None = None,
     ) -> None:
         self.module = module
         self.grad = grad
-        self.resolver: Resolver = make_resolver(module, runtime)
+        self.resolver: Resolver = resolver or make_resolver(module, runtime)
         self.recorder = Recorder(
             self.resolver,
             eps=eps,
