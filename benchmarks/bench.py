@@ -36,7 +36,7 @@ import torch
 import relu_doctor
 from benchmarks import command, memory
 from benchmarks.floor import compare, floor_forward, floor_grad
-from benchmarks.measure import FLOOR_GOAL, GOALS, STRICT, Row, fix_malloc, interleaved, malloc_note
+from benchmarks.measure import FLOOR_GOAL, GOALS, STRICT, Row, interleaved
 from benchmarks.workloads import Workload, build, make_batches, workloads
 
 FIGURES = ("forward", "grad", "memory", "mem-plain", "command", "startup")
@@ -234,17 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="only check floor == scan (exit 1 if not)"
     )
-    parser.add_argument(
-        "--malloc",
-        choices=("fixed", "default"),
-        default="fixed",
-        help="glibc malloc settings for the timed runs (default: fixed, see README)",
-    )
     parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if argv is None and args.malloc == "fixed" and not (args.child_memory or args.child_rss):
-        fix_malloc(__file__)  # returns only when already fixed (or not glibc)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -258,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         name, side = args.child_rss
         print(json.dumps(memory.child_plain(known[name], side, device)))
         return 0
-    print(header(device, args.quick) + "\n" + malloc_note(), flush=True)
+    print(header(device, args.quick), flush=True)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch.cuda.is_available() is False here; nothing measured")
         return 0

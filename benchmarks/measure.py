@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-import platform
 import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,36 +22,6 @@ GOALS = {
 }
 STRICT = {"startup"}  # goal is "<" rather than "<="
 FLOOR_GOAL = 1.03  # where scan/plain misses its goal: scan/floor at most this
-
-#: glibc malloc for timed runs: tensors up to 32 MB come from the heap and freed memory
-#: stays mapped, so no side pays page faults the others do not. With glibc's dynamic mmap
-#: threshold, which side gets fresh (faulting) pages depends on the order of earlier frees:
-#: the same plain ResNet-50 forward took 2.3 s or 0.7-1.2 s by that alone.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-
-
-def glibc() -> bool:
-    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
-
-
-def malloc_fixed() -> bool:
-    return all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
-
-
-def fix_malloc(script: str) -> None:
-    """Run ``script`` again, same arguments, with ``MALLOC_ENV`` set (glibc reads it at
-    start-up); a no-op when it is set already or the C library is not glibc."""
-    if glibc() and not malloc_fixed():
-        argv = [sys.executable, str(Path(script).resolve()), *sys.argv[1:]]
-        os.execve(sys.executable, argv, os.environ | MALLOC_ENV)
-
-
-def malloc_note() -> str:
-    if not glibc():
-        return "allocator: not glibc, left as it is"
-    if malloc_fixed():
-        return "glibc malloc: mmap threshold 32 MB, trim threshold 1 GB (--malloc fixed)"
-    return "glibc malloc: as the environment sets it (--malloc default)"
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,6 @@ def _child(args: argparse.Namespace, flag: str, *values: str) -> dict[str, float
     cmd += ["--quick"] if args.quick else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # see the module docstring
-    env.pop("MALLOC_TRIM_THRESHOLD_", None)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return result

@@ -43,7 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import relu_doctor
 from benchmarks.floor import floor_forward
-from benchmarks.measure import fix_malloc, interleaved, malloc_note
+from benchmarks.measure import interleaved
 from benchmarks.workloads import Workload, build, make_batches, workloads
 
 CPU = torch.device("cpu")
@@ -347,11 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args(argv)
-    if argv is None:
-        fix_malloc(__file__)  # as bench.py: the same allocator for every side
     torch.set_num_threads(args.threads)
     known = workloads(quick=False)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu; {malloc_note()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), cpu")
     print("\n".join(micro(args.reps * 2)), flush=True)
     for name in [args.only] if args.only else ["cnn", "resnet50"]:
         print("\n".join(analyse(known[name], args.reps)), flush=True)
