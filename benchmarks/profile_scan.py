@@ -1,9 +1,10 @@
 """Where the forward-only overhead of a scan goes (issue 14): a one-off analysis, not a figure.
 
-    python benchmarks/profile_scan.py [--only cnn|resnet50] [--threads 1] [--reps 15]
+    python benchmarks/profile_scan.py [--only WORKLOAD] [--threads 1] [--reps 15]
 
-Per workload (the full bench's sizes): how many aten ops, module calls and ReLU calls one
-forward makes; the fastest of ``--reps`` interleaved runs of
+Per workload (cnn and resnet50 unless --only names one; the full bench's sizes): how
+many aten ops, module calls and ReLU calls one forward makes; the fastest of ``--reps``
+interleaved runs of
 
 - ``plain``: the ``inference_mode`` forward;
 - ``mode``: the same under a pass-through ``TorchDispatchMode`` (one Python call per aten
@@ -343,7 +344,7 @@ def analyse(w: Workload, reps: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--only", choices=("cnn", "resnet50"))
+    parser.add_argument("--only", choices=sorted(workloads(quick=False)), help="one workload")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=15)
     args = parser.parse_args(argv)
