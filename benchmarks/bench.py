@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
@@ -66,20 +67,23 @@ def plain_grad(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
 
 def overhead(w: Workload, figure: str, device: torch.device, reps: int) -> Row:
     """Plain, floor and scan over the same batches; the floor is checked against the scan
-    on the warm-up's results."""
+    on the first timed round's results. The warm-up runs each side on the first batch
+    (every batch has the same shape)."""
     model = build(w, device)
     batches = make_batches(w, device)
     grad = figure == "grad"
     plain = plain_grad if grad else plain_forward
     floor = floor_grad if grad else floor_forward
+
+    def sides(xs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+        return {
+            "plain": lambda: plain(model, xs),
+            "floor": lambda: floor(model, xs, w.functional),
+            "scan": lambda: relu_doctor.scan(model, xs, grad=grad, device=device),
+        }
+
     times, first = interleaved(
-        {
-            "plain": lambda: plain(model, batches),
-            "floor": lambda: floor(model, batches, w.functional),
-            "scan": lambda: relu_doctor.scan(model, batches, grad=grad, device=device),
-        },
-        min(reps, w.reps or reps),
-        device,
+        sides(batches), min(reps, w.reps or reps), device, warmup=sides(batches[:1])
     )
     ok, check = compare(first["floor"], first["scan"])  # type: ignore[arg-type]
     return Row(

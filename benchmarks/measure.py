@@ -62,10 +62,14 @@ class Row:
 
 
 def interleaved(
-    sides: dict[str, Callable[[], object]], reps: int, device: torch.device
+    sides: dict[str, Callable[[], object]],
+    reps: int,
+    device: torch.device,
+    warmup: dict[str, Callable[[], object]] | None = None,
 ) -> tuple[dict[str, float], dict[str, object]]:
     """Fastest milliseconds of each side, run in turn (a, b, c, a, b, c, ...) after one
-    warm-up each; also what each side's warm-up returned (for the floor check).
+    warm-up each (``warmup``'s cheaper callables where given, e.g. on the first batch
+    only); also what each side returned in the first timed round (for the floor check).
 
     Noise on a shared machine (another job on a core, an OpenMP thread that lost its CPU)
     only ever adds time, so each side's fastest repetition is the best estimate of its own
@@ -82,14 +86,19 @@ def interleaved(
             torch.cuda.synchronize()
         return (time.perf_counter() - start) * 1000, result
 
-    first = {name: clock(fn)[1] for name, fn in sides.items()}  # warm-up
+    for fn in (warmup or sides).values():
+        clock(fn)
     times: dict[str, list[float]] = {name: [] for name in sides}
+    first: dict[str, object] = {}
     gc.collect()
     gc.disable()
     try:
         for _ in range(reps):
             for name, fn in sides.items():
-                times[name].append(clock(fn)[0])
+                ms, result = clock(fn)
+                times[name].append(ms)
+                first.setdefault(name, result)
+                del result
     finally:
         gc.enable()
     return {name: min(t) for name, t in times.items()}, first
