@@ -1,188 +1,59 @@
-"""relu-doctor benchmark: what a scan costs next to the model's own work (issue 5).
+"""relu-doctor benchmark: what a scan costs next to the model's own work (issues 5, 14).
 
     python benchmarks/bench.py [--quick] [--only NAME] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench.py --check      # floor == scan on every workload, no timing
 
 Every figure is a ratio against a plain baseline doing the same work on the SAME batches,
-from interleaved repetitions (baseline, scan, baseline, scan, ...) after a warm-up; the
-table shows the fastest repetition of each side and their ratio. This is a measurement, not a test:
-it always exits 0. See benchmarks/README.md for what each figure means.
+from interleaved repetitions (baseline, floor, scan, baseline, ...) after a warm-up; the
+table shows the fastest repetition of each side and their ratios. The forward and grad
+figures also time the floor (benchmarks/floor.py: the scan's reductions by hand, plain
+hooks) and check, on the warm-up's results, that it computed the scan's numbers. This is
+a measurement, not a test: it always exits 0 (a figure that fails to run shows as ERROR);
+only --check exits 1 when the floor and the scan disagree. See benchmarks/README.md.
 
---only takes a workload (cnn, mlp, fmlp, resnet50) or a figure (forward, grad, memory,
-startup); --threads sets torch.set_num_threads (use 1 on a box shared with other jobs: an
-OpenMP thread that loses its core stalls every parallel op and swamps the figures);
---child-memory is internal (one memory measurement in a fresh process).
+--only takes a workload (cnn, mlp, fmlp, resnet50, resnet224, transformer) or a figure
+(forward, grad, memory, mem-plain, command, startup); --threads sets
+torch.set_num_threads (use 1 on a box shared with other jobs: an OpenMP thread that loses
+its core stalls every parallel op and swamps the figures); --child-memory and --child-rss
+are internal (one memory measurement in a fresh process).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import gc
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import relu_doctor
+from benchmarks import command, memory
+from benchmarks.floor import compare, floor_forward, floor_grad
+from benchmarks.measure import FLOOR_GOAL, GOALS, STRICT, Row, interleaved
+from benchmarks.workloads import Workload, build, make_batches, workloads
 
-GOALS = {"forward": 1.10, "grad": 1.15, "memory": 1.05, "startup": 0.5}
-STRICT = {"startup"}  # goal is "<" rather than "<="
-FIGURES = ("forward", "grad", "memory", "startup")
-MEMORY_BATCHES = (2, 40)
-
-
-# --- models ------------------------------------------------------------------------------
-
-
-def cnn() -> nn.Module:
-    """Conv/BatchNorm/in-place ReLU/MaxPool, 3 -> 32 -> 64 -> 128 channels, 32x32 inputs."""
-    layers: list[nn.Module] = []
-    for cin, cout in ((3, 32), (32, 64), (64, 128)):
-        layers += [
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(128 * 4 * 4, 10))
+FIGURES = ("forward", "grad", "memory", "mem-plain", "command", "startup")
+PER_WORKLOAD = ("forward", "grad", "memory", "mem-plain")
 
 
-def mlp() -> nn.Module:
-    """6 x Linear(1024, 1024) each followed by nn.ReLU, then a 10-way head."""
-    layers: list[nn.Module] = []
-    for _ in range(6):
-        layers += [nn.Linear(1024, 1024), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(1024, 10))
+# --- the plain baselines -------------------------------------------------------------------
 
 
-class FunctionalMLP(nn.Module):
-    """The same MLP, calling F.relu in forward (functional sites)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(1024, 1024) for _ in range(6))
-        self.head = nn.Linear(1024, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = F.relu(layer(x))
-        return self.head(x)
-
-
-class Bottleneck(nn.Module):
-    """ResNet v1.5 bottleneck: 1x1 reduce, 3x3 (stride here), 1x1 expand, residual add."""
-
-    def __init__(self, cin: int, width: int, stride: int) -> None:
-        super().__init__()
-        cout = width * 4
-        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)  # called 3 times: sites relu#1..#3
-        self.down: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + self.down(x))
-
-
-def resnet50() -> nn.Module:
-    """ResNet-50 layout (blocks [3, 4, 6, 3], widths 64..2048), random weights, 25.6M params."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, stride=2, padding=1),
-    ]
-    cin = 64
-    for i, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
-        for b in range(blocks):
-            layers.append(Bottleneck(cin, width, 2 if b == 0 and i > 0 else 1))
-            cin = width * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
-    return nn.Sequential(*layers)
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    build: Callable[[], nn.Module]
-    sample: tuple[int, ...]  # one sample's shape
-    batch: int  # samples per batch
-    batches: int  # batches per timed repetition
-    mem_batch: int  # samples per batch in the memory figure (40 batches must stay quick)
-    mem_sample: tuple[int, ...] | None = None  # one sample's shape there (None: ``sample``)
-
-
-def workloads(quick: bool) -> dict[str, Workload]:
-    """Sizes: the full run fits ~3 minutes on a 2-core CPU box; --quick is a smoke run."""
-    if quick:
-        return {
-            "cnn": Workload("cnn", cnn, (3, 32, 32), 16, 2, 4),
-            "mlp": Workload("mlp", mlp, (1024,), 32, 2, 8),
-            "fmlp": Workload("fmlp", FunctionalMLP, (1024,), 32, 2, 8),
-            "resnet50": Workload("resnet50", resnet50, (3, 64, 64), 1, 1, 1, (3, 32, 32)),
-        }
-    return {
-        # 8 batches: what `relu-doctor scan` feeds by default
-        "cnn": Workload("cnn", cnn, (3, 32, 32), 64, 8, 16),
-        "mlp": Workload("mlp", mlp, (1024,), 256, 8, 64),
-        "fmlp": Workload("fmlp", FunctionalMLP, (1024,), 256, 8, 64),
-        "resnet50": Workload("resnet50", resnet50, (3, 224, 224), 8, 2, 1, (3, 112, 112)),
-    }
-
-
-@functools.cache
-def build(w: Workload, device: torch.device) -> nn.Module:
-    """Seeded; built once per process (a scan leaves the model exactly as it was)."""
-    torch.manual_seed(0)
-    return w.build().to(device).eval()
-
-
-def make_batches(w: Workload, device: torch.device) -> list[torch.Tensor]:
-    """The timed figures' batches, built once: baseline and scan see the same tensors."""
-    g = torch.Generator().manual_seed(1)
-    return [torch.randn((w.batch, *w.sample), generator=g).to(device) for _ in range(w.batches)]
-
-
-def stream(w: Workload, n: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """The memory figure's generator of fresh batches: only the current one is alive."""
-    g = torch.Generator().manual_seed(1)
-    shape = (w.mem_batch, *(w.mem_sample or w.sample))
-    for _ in range(n):
-        yield torch.randn(shape, generator=g).to(device)
-
-
-# --- the plain baselines -----------------------------------------------------------------
-
-
-def plain_forward(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def plain_forward(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
     with torch.inference_mode():
         for x in batches:
             model(x)
 
 
-def plain_grad(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def plain_grad(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
     """Forward plus autograd.grad of the scan's surrogate loss w.r.t. every parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     for x in batches:
@@ -191,178 +62,85 @@ def plain_grad(model: nn.Module, batches: list[torch.Tensor]) -> None:
         torch.autograd.grad(loss, params)
 
 
-# --- measuring ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    figure: str
-    workload: str
-    base: float
-    measured: float
-    unit: str
-    note: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.measured / self.base if self.base else float("inf")
-
-    @property
-    def passed(self) -> bool:
-        goal = GOALS[self.figure]
-        return self.ratio < goal if self.figure in STRICT else self.ratio <= goal
-
-
-def interleaved(
-    base: Callable[[], object], scan: Callable[[], object], reps: int, device: torch.device
-) -> tuple[float, float]:
-    """Fastest milliseconds of ``base`` and ``scan``, run alternately after one warm-up each.
-
-    Noise on a shared machine (another job on a core, an OpenMP thread that lost its CPU)
-    only ever adds time, so each side's fastest repetition is the best estimate of its own
-    cost (``timeit``'s advice); medians swung by +-20% between identical runs here. The
-    garbage collector is off while timing, as in ``timeit``.
-    """
-
-    def clock(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000
-
-    clock(base), clock(scan)  # warm-up: allocator, kernels, lazy imports
-    times: tuple[list[float], list[float]] = ([], [])
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(reps):
-            times[0].append(clock(base))
-            times[1].append(clock(scan))
-    finally:
-        gc.enable()
-    return min(times[0]), min(times[1])
+# --- the timed figures ---------------------------------------------------------------------
 
 
 def overhead(w: Workload, figure: str, device: torch.device, reps: int) -> Row:
+    """Plain, floor and scan over the same batches; the floor is checked against the scan
+    on the first timed round's results. The warm-up runs each side on the first batch
+    (every batch has the same shape)."""
     model = build(w, device)
     batches = make_batches(w, device)
     grad = figure == "grad"
     plain = plain_grad if grad else plain_forward
+    floor = floor_grad if grad else floor_forward
 
-    def base() -> None:
-        plain(model, batches)
+    def sides(xs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+        return {
+            "plain": lambda: plain(model, xs),
+            "floor": lambda: floor(model, xs, w.functional),
+            "scan": lambda: relu_doctor.scan(model, xs, grad=grad, device=device),
+        }
 
-    def scan() -> None:
-        relu_doctor.scan(model, batches, grad=grad, device=device)
-
-    b, s = interleaved(base, scan, reps, device)
-    note = f"{w.batches} x {w.batch} x {'x'.join(map(str, w.sample))}"
-    return Row(figure, w.name, b, s, "ms", note)
-
-
-def rss_mb() -> tuple[float, float]:
-    """(current, peak) resident memory of this process in MB.
-
-    Linux: VmRSS / VmHWM of /proc/self/status, the peak of this process's own memory.
-    ``ru_maxrss`` is the fallback only: on Linux it survives fork+exec, so a child started
-    by a big parent reports the parent's peak.
-    """
-    try:
-        fields = dict(
-            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
-        )
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-    except (OSError, KeyError, ValueError):
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kb / 1024, kb / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start a new high-water mark (Linux: "5" to clear_refs); elsewhere keep the old one."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def child_memory(w: Workload, n: int, device: torch.device) -> dict[str, float]:
-    """In a fresh process: peak memory of a grad scan over ``n`` generated batches, and the
-    resident memory after the model build and a one-batch warm-up scan."""
-    model = build(w, device)
-    relu_doctor.scan(model, stream(w, 1, device), grad=True, device=device)
-    gc.collect()
-    reset_peak_rss()
-    start, _ = rss_mb()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        start_cuda = torch.cuda.memory_allocated(device)
-    relu_doctor.scan(model, stream(w, n, device), grad=True, device=device)
-    result = {"start_mb": start, "peak_mb": rss_mb()[1]}
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        result["cuda_start_mb"] = start_cuda / 2**20
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return result
-
-
-def memory(w: Workload, device: torch.device, args: argparse.Namespace) -> Row:
-    """Peak RSS (or CUDA memory) of a scan over 40 batches vs over 2, fresh process each."""
-    found = []
-    for n in MEMORY_BATCHES:
-        cmd = [sys.executable, __file__, "--child-memory", w.name, str(n), "--device", device.type]
-        cmd += ["--quick"] if args.quick else []
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        found.append(json.loads(out.strip().splitlines()[-1]))
-    key = "cuda_peak_mb" if device.type == "cuda" else "peak_mb"
-    start = "cuda_start_mb" if device.type == "cuda" else "start_mb"
-    grow = [f"+{r[key] - r[start]:.1f}" for r in found]
-    shape = "x".join(map(str, (w.mem_batch, *(w.mem_sample or w.sample))))
-    note = f"batches {shape}; MB above the warm start: {' vs '.join(grow)}"
-    return Row("memory", w.name, found[0][key], found[1][key], "MB", note)
-
-
-def startup(reps: int, warm: bool = True) -> list[Row]:
-    """Wall time of `relu-doctor --help` / `--version` vs `python -c "import torch"`."""
-    exe = Path(sys.executable).with_name("relu-doctor")
-    cli = [str(exe)] if exe.exists() else [sys.executable, "-m", "relu_doctor"]
-    cmds = {
-        "import torch": [sys.executable, "-c", "import torch"],
-        "--help": [*cli, "--help"],
-        "--version": [*cli, "--version"],
-    }
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for rep in range(-1 if warm else 0, reps):  # round -1 warms the file cache, uncounted
-        for key, cmd in cmds.items():
-            start = time.perf_counter()
-            subprocess.run(cmd, capture_output=True, check=True)
-            if rep >= 0:
-                times[key].append((time.perf_counter() - start) * 1000)
-    probe = (
-        "import sys\nfrom relu_doctor.cli import main\nsys.argv = ['relu-doctor', '--help']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(','.join(m for m in ('torch', 'pandas') if m in sys.modules) or 'neither',"
-        " file=sys.stderr)"
+    times, first = interleaved(
+        sides(batches), min(reps, w.reps or reps), device, warmup=sides(batches[:1])
     )
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    note = f"--help loads: {loaded.stderr.strip().splitlines()[-1] if loaded.stderr else '?'}"
-    base = statistics.median(times["import torch"])
-    return [
-        Row(
-            "startup",
-            key,
-            base,
-            statistics.median(times[key]),
-            "ms",
-            note if key == "--help" else "",
-        )
-        for key in ("--help", "--version")
-    ]
+    ok, check = compare(first["floor"], first["scan"])  # type: ignore[arg-type]
+    return Row(
+        figure,
+        w.name,
+        times["plain"],
+        times["scan"],
+        "ms",
+        f"{w.shape_note}; {check}",
+        floor=times["floor"],
+        checked=ok,
+    )
 
 
-# --- the report --------------------------------------------------------------------------
+def measure(
+    figure: str, w: Workload, device: torch.device, args: argparse.Namespace, reps: int
+) -> Row:
+    """One row; a failure becomes an ERROR row so the other figures still print."""
+    try:
+        if figure == "memory":
+            return memory.flat(w, device, args)
+        if figure == "mem-plain":
+            return memory.plain(w, device, args)
+        return overhead(w, figure, device, reps)
+    except Exception as exc:  # report it, keep going: this is a measurement, not a test
+        return error_row(figure, w.name, exc)
+
+
+def error_row(figure: str, name: str, exc: Exception) -> Row:
+    stderr = getattr(exc, "stderr", None)
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    msg = stderr.strip().splitlines()[-1] if stderr and stderr.strip() else repr(exc)
+    return Row(figure, name, float("nan"), float("nan"), "", f"ERROR: {msg}")
+
+
+def check_only(names: list[str], known: dict[str, Workload], device: torch.device) -> int:
+    """--check: one floor run and one scan per workload and figure, compared; no timing."""
+    failed = 0
+    for name in names:
+        w = known[name]
+        model, batches = build(w, device), make_batches(w, device)
+        for figure in ("forward", "grad"):
+            if figure not in w.figures:
+                continue
+            grad = figure == "grad"
+            run = floor_grad if grad else floor_forward
+            floor = run(model, batches, w.functional)
+            report = relu_doctor.scan(model, batches, grad=grad, device=device)
+            ok, note = compare(floor, report)
+            failed += not ok
+            print(f"{figure:8} {name:12} {note}", flush=True)
+    print("floor == scan everywhere" if not failed else f"{failed} check(s) FAILED")
+    return 1 if failed else 0
+
+
+# --- the report ----------------------------------------------------------------------------
 
 
 def cpu_name() -> str:
@@ -389,21 +167,36 @@ def header(device: torch.device, quick: bool) -> str:
     return "\n".join(lines)
 
 
-def fmt(value: float, unit: str) -> str:
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return ""
     return f"{value:.1f} {unit}" if unit == "ms" else f"{value:.0f} {unit}"
 
 
 def table(rows: list[Row]) -> str:
-    head = ("figure", "workload", "baseline", "relu-doctor", "ratio", "goal", "result", "note")
+    head = (
+        "figure",
+        "workload",
+        "baseline",
+        "floor",
+        "relu-doctor",
+        "ratio",
+        "vs floor",
+        "goal",
+        "result",
+        "note",
+    )
     body = [
         (
             r.figure,
             r.workload,
             fmt(r.base, r.unit),
+            fmt(r.floor, r.unit),
             fmt(r.measured, r.unit),
             f"{r.ratio:.3f}x",
+            f"{r.floor_ratio:.3f}x" if r.floor_ratio is not None else "",
             f"{'<' if r.figure in STRICT else '<='} {GOALS[r.figure]:.2f}x",
-            "PASS" if r.passed else "ERROR" if r.note.startswith("ERROR") else "MISS",
+            r.result,
             r.note,
         )
         for r in rows
@@ -417,35 +210,36 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-BASELINES = """\
+BASELINES = f"""\
 baselines: forward = plain torch.inference_mode() forward over the same batches;
            grad = plain forward + torch.autograd.grad(0.5*sum(out**2)/N, all parameters);
+           floor = the scan's per-unit reductions by hand with plain hooks, no machinery
+                   (benchmarks/floor.py); "vs floor" = relu-doctor / floor;
            memory = peak RSS (CUDA: peak allocated) of a grad scan over 2 generated batches,
                     relu-doctor column = over 40 (each in a fresh process);
-           startup = python -c "import torch" (wall time of a subprocess)"""
-
-
-def measure(
-    figure: str, w: Workload, device: torch.device, args: argparse.Namespace, reps: int
-) -> Row:
-    """One row; a failure becomes an ERROR row so the other figures still print."""
-    try:
-        if figure == "memory":
-            return memory(w, device, args)
-        return overhead(w, figure, device, reps)
-    except Exception as exc:  # report it, keep going: this is a measurement, not a test
-        msg = exc.stderr.strip().splitlines()[-1] if getattr(exc, "stderr", None) else exc
-        return Row(figure, w.name, float("nan"), float("nan"), "", f"ERROR: {msg}")
+           mem-plain = peak RSS (CUDA: peak allocated) of a plain forward, relu-doctor
+                    column = of a forward-only scan, same batches (each in a fresh process);
+           command = benchmarks/minimal_scan.py against `relu-doctor scan CKPT --no-grad`
+                    (wall time of subprocesses, fastest run);
+           startup = python -c "import torch" (median wall time of a subprocess)
+result: PASS meets the goal; FLOOR misses it but is within {FLOOR_GOAL:.2f}x of the floor;
+        MISS neither; CHECK the floor's numbers differ from the scan's"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run (< 20 s)")
-    parser.add_argument("--only", help="one workload (cnn, mlp, fmlp, resnet50) or figure")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
+    parser.add_argument("--only", help="one workload or one figure")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--reps", type=int, default=7, help="timed repetitions (at least 5)")
+    parser.add_argument(
+        "--reps", type=int, help="timed repetitions (default 7, at least 5; --quick: 3)"
+    )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--check", action="store_true", help="only check floor == scan (exit 1 if not)"
+    )
     parser.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-rss", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -454,44 +248,72 @@ def main(argv: list[str] | None = None) -> int:
     known = workloads(args.quick)
     if args.child_memory:
         name, n = args.child_memory
-        print(json.dumps(child_memory(known[name], int(n), device)))
+        print(json.dumps(memory.child_flat(known[name], int(n), device)))
+        return 0
+    if args.child_rss:
+        name, side = args.child_rss
+        print(json.dumps(memory.child_plain(known[name], side, device)))
         return 0
     print(header(device, args.quick), flush=True)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: torch.cuda.is_available() is False here; nothing measured")
         return 0
-    reps = max(args.reps, 5)
+    reps = 3 if args.quick and args.reps is None else max(args.reps or 7, 5)
     names, figures = list(known), list(FIGURES)
     if args.only in known:
         names = [args.only]
-        figures.remove("startup")
+        figures = [f for f in figures if f in PER_WORKLOAD]
     elif args.only in FIGURES:
         figures = [args.only]
     elif args.only:
         parser.error(f"--only: pick one of {', '.join([*known, *FIGURES])}")
+    if args.check:
+        return check_only(names, known, device)
 
     began = time.perf_counter()
     rows: list[Row] = []
+    extra: list[str] = []
+
+    def progress(what: str) -> None:
+        took = time.perf_counter() - began
+        ratio = f": {rows[-1].ratio:.3f}x" if rows else ""
+        print(f"  {took:5.0f} s  {what}{ratio}", file=sys.stderr, flush=True)
+
     for figure in figures:
         if figure == "startup":
-            rows += startup(3, warm=False) if args.quick else startup(reps)
-            print(f"  {time.perf_counter() - began:5.0f} s  startup", file=sys.stderr)
+            rows += command.startup(3, warm=False) if args.quick else command.startup(reps)
+            progress("startup")
+            continue
+        if figure == "command":
+            try:
+                found, lines = command.command(args, 2 if args.quick else min(reps, 5))
+                rows += found
+                extra += lines
+            except Exception as exc:
+                rows.append(error_row("command", "resnet50", exc))
+            progress("command")
             continue
         for name in names:
-            if figure == "memory" and args.quick and len(names) > 1 and name != names[0]:
+            if figure not in known[name].figures:
+                continue
+            if figure in ("memory", "mem-plain") and args.quick and name != names[0]:
                 continue  # a smoke run: each memory figure costs two fresh processes
             rows.append(measure(figure, known[name], device, args, reps))
-            took = time.perf_counter() - began
-            print(f"  {took:5.0f} s  {figure} {name}: {rows[-1].ratio:.3f}x", file=sys.stderr)
+            progress(f"{figure} {name}")
     print()
     print(table(rows))
+    if extra:
+        print()
+        print("\n".join(extra))
     print()
     print(BASELINES)
-    missed = [f"{r.figure}/{r.workload}" for r in rows if not r.passed]
+    missed = [f"{r.figure}/{r.workload} ({r.result})" for r in rows if r.result != "PASS"]
     print(
         f"\n{len(rows) - len(missed)}/{len(rows)} figures meet their goal"
-        + (f"; missed: {', '.join(missed)}" if missed else "")
-        + f" ({time.perf_counter() - began:.0f} s; fastest of {reps} interleaved reps)"
+        + (f"; not: {', '.join(missed)}" if missed else "")
+        + f" ({time.perf_counter() - began:.0f} s; fastest of {reps} interleaved reps"
+        + "".join(f", {w.name} {min(w.reps, reps)}" for w in known.values() if w.reps)
+        + ")"
     )
     return 0
 
