@@ -1,5 +1,6 @@
 # Quick start: `make demo` and `make test`. Both create .venv and install with the tested pins.
 PYTHON ?= python3
+BENCH_ARGS ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
@@ -38,9 +39,12 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff format --check relu_doctor tests benchmarks sample_models docs
 	$(VENV)/bin/mypy
 
+# `make bench BENCH_ARGS="--device cuda"` (or --quick, --only NAME, --threads 1)
 bench: $(VENV)/.runtime
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 	$(PY) benchmarks/monitor_bench.py
+	$(PY) benchmarks/check_cost.py --threads 1
+	$(PY) benchmarks/verify_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(SAMPLES) sample_models/run
