@@ -70,7 +70,7 @@ def main_() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
-    from bench import resnet50  # the workload of make bench
+    from workloads import resnet50  # the workload of make bench
 
     shape, batch, batches = ((3, 64, 64), 2, 1) if args.quick else ((3, 224, 224), 8, 2)
     torch.manual_seed(0)

@@ -297,7 +297,7 @@ def compare(floor: FloorResult, report: Any) -> tuple[bool, str]:
         return False, f"CHECK FAILED: scan has {len(sites)} sites, floor {len(floor.sites)}"
     dead = 0
     for i, (s, f) in enumerate(zip(sites, floor.sites, strict=True)):
-        u = s.unit_stats
+        u = s.totals
         problems = []
         if u is None or u.units != f.units:
             problems.append("units")

@@ -204,7 +204,7 @@ class Monitor:
 
 
 def _row(step: int, site: SiteReport, grad: bool) -> tuple[Any, ...]:
-    values = site.row()
+    values = site.values  # only the columns the history keeps are computed
     row = (step, site.site, *(values[c] for c in HISTORY_COLUMNS[2:]))
     return (*row, values["grad_norm"]) if grad else row
 

@@ -54,8 +54,7 @@ def _pct(value: Any) -> str:
 class Column:
     """One per-site column. ``header`` None: not in the terminal table. ``severity``: the
     cell takes the site's severity colour. ``priority``: lower is hidden first when the
-    terminal is narrow. ``lazy``: costly, computed when first read rather than with the row
-    (a scan whose report is never shown does not pay for it)."""
+    terminal is narrow. Values are computed when first read (``SiteValues``)."""
 
     name: str
     compute: Callable[[SiteFacts], Any]
@@ -71,8 +70,6 @@ class Column:
     def text(self, values: Mapping[str, Any]) -> str:
         """What the table (terminal, HTML) shows for this column of a row."""
         return self.label(values) if self.label is not None else self.cell(values[self.name])
-
-    lazy: bool = False  # computed when first read (costly: the effective rank)
 
 
 SITE_COLUMNS: Registry[Column] = Registry("site column")
@@ -321,7 +318,6 @@ for _column in (
         "eff_rank",
         _executed(_eff_rank),
         doc="effective rank of the site's features (at most 1024 sampled rows)",
-        lazy=True,
     ),
     Column(
         "eff_rank_fraction",
@@ -330,7 +326,6 @@ for _column in (
         cell=_pct,
         priority=18,
         doc="eff_rank / units",
-        lazy=True,
     ),
     Column(
         "causes",
@@ -355,12 +350,13 @@ for _column in (
 
 
 class SiteValues(Mapping[str, Any]):
-    """Every registered column's value for one site, in output order; ``lazy`` columns are
-    computed on first read and then kept."""
+    """Every registered column's value for one site, in output order, each computed when
+    first read and then kept: a training loop's history reads a few columns per step, a
+    report file all of them, and the costly ones (the effective rank) only when shown."""
 
     def __init__(self, facts: SiteFacts) -> None:
         self._facts = facts
-        self._known = {n: c.compute(facts) for n, c in SITE_COLUMNS.items() if not c.lazy}
+        self._known: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._known:

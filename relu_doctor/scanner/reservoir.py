@@ -48,8 +48,10 @@ class Reservoir:
         self.filled = 0  # slots [0, filled) hold rows
         self._journal: list[tuple[np.ndarray, torch.Tensor, np.ndarray, int]] | None = None
         self._rng_state: Any = None
+        # Grown as rows arrive (doubling, up to ``capacity``): a short scan of a wide layer
+        # never holds 1024 x units floats it does not need.
         with torch.inference_mode(False):  # updatable in and out of inference mode
-            self.rows = torch.zeros(capacity, units, dtype=torch.float32, device=device)
+            self.rows = torch.zeros(0, units, dtype=torch.float32, device=device)
 
     def observe(self, out: torch.Tensor) -> None:
         """Offer every sample of ``out`` (samples in dim 0) to the reservoir."""
@@ -70,6 +72,7 @@ class Reservoir:
             kept[keep[keep < m]] = True
             free = np.concatenate([np.arange(m, self.capacity), np.flatnonzero(~kept)])
             slots = free[: take.size]  # empty slots first, then the evicted ones
+        self._reserve(min(m + n, self.capacity))
         if self._journal is not None:  # what a rollback must put back
             self._journal.append((slots, self.rows[slots].clone(), self.keys[slots].copy(), m))
         self.keys[slots] = keys[take]
@@ -81,6 +84,17 @@ class Reservoir:
         else:
             index = torch.from_numpy(slots).to(self.rows.device, non_blocking=True)
             self.rows.index_copy_(0, index, rows)
+
+    def _reserve(self, rows: int) -> None:
+        """At least ``rows`` slots, growing by doubling (never past ``capacity``)."""
+        have = self.rows.shape[0]
+        if rows <= have:
+            return
+        size = min(max(rows, 2 * have), self.capacity)
+        with torch.inference_mode(False):
+            grown = torch.zeros(size, self.units, dtype=self.rows.dtype, device=self.rows.device)
+            grown[:have] = self.rows
+        self.rows = grown
 
     def begin_journal(self) -> None:
         """Remember what the next ``observe`` calls change, so ``rollback`` can undo them
@@ -119,6 +133,7 @@ class Reservoir:
         import torch.distributed as dist
 
         world = dist.get_world_size(group)
+        self._reserve(self.capacity)  # every rank gathers tensors of one shape
         keys = torch.from_numpy(self.keys).to(self.rows.device)
         all_keys = [torch.empty_like(keys) for _ in range(world)]
         all_rows = [torch.empty_like(self.rows) for _ in range(world)]
