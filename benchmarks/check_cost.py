@@ -6,8 +6,8 @@ Saves the ResNet-50 of ``bench.py`` (random weights, 25.6 M parameters) as a sta
 a temporary folder, then runs the real command lines in this process, interleaved and after
 a warm-up, and prints the fastest repetition of each:
 
-- scan:  ``relu-doctor scan  resnet50.pt --arch benchmarks/bench.py:resnet50 ...``
-- check: ``relu-doctor check resnet50.pt --arch benchmarks/bench.py:resnet50 ...`` (same
+- scan:  ``relu-doctor scan  resnet50.pt --arch benchmarks/workloads.py:resnet50 ...``
+- check: ``relu-doctor check resnet50.pt --arch benchmarks/workloads.py:resnet50 ...`` (same
   options; every rule, the weight rules included);
 - judge: the judging alone on a finished report (``weights.producers`` + ``check``), which
   is what check adds to the scan: no second load, no second forward.
@@ -35,16 +35,20 @@ from relu_doctor.cli import main
 from relu_doctor.gate.weights import producers
 
 HERE = Path(__file__).resolve().parent
-ARCH = f"{HERE / 'bench.py'}:resnet50"
+ARCH = f"{HERE / 'workloads.py'}:resnet50"
 
 
 def _cli(args: list[str]) -> int:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
             main(args)
         except SystemExit as exc:
-            return int(exc.code or 0)
-    return 0
+            code = int(exc.code or 0)
+    if code >= 2:  # 1 is check's verdict; 2 and up mean the command itself failed
+        raise SystemExit(f"relu-doctor {args[0]} failed (exit {code}): {err.getvalue().strip()}")
+    return code
 
 
 def _fastest(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:

@@ -13,9 +13,13 @@ call with the same torch ops on the same dtypes as relu-doctor's per-site accumu
   counts); for ``(N, F)`` sites the two are one sum. On the CPU one ``float(mass.sum())``
   per call checks for NaN (NaN elements must not count as firing); on a GPU the signs
   are NaN-cleaned (``nan_to_num_``) before they are summed, with no host sync;
+- the row sample of the effective rank (docs/metrics.md): every output is offered to a
+  bottom-k sample of 1024 rows per site, relu-doctor's own ``Reservoir`` (the reduction is
+  the sample; writing it by hand again would measure a different sample);
 - gradients: the L2 norm (float32) of the loss gradient w.r.t. the site's input, added
-  into a float64 sum, and per batch one fused ``_foreach_norm`` over the parameter
-  gradients (the scan's per-parameter norms).
+  into a float64 sum with its square (the spread across batches), the largest
+  ``|gradient|`` per unit (zero-grad units), and per batch one fused ``_foreach_norm`` over
+  the parameter gradients (the scan's per-parameter norms).
 
 What reaches the ReLUs, and nothing else:
 
@@ -55,6 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relu_doctor.scanner.reservoir import SAMPLE_ROWS, Reservoir, site_rng
+
 
 class Scratch:
     """One reusable buffer per (device, dtype), viewed per shape: no allocation per call."""
@@ -90,6 +96,10 @@ class SiteTotals:
     abs_sum: np.ndarray
     active: np.ndarray
     grad_norm_sum: float
+    grad_norm_sq_sum: float
+    grad_abs_max: np.ndarray
+    sample_rows: np.ndarray
+    sample_keys: np.ndarray
 
     @property
     def units(self) -> int:
@@ -99,7 +109,9 @@ class SiteTotals:
 class Site:
     """Running per-unit sums of one ReLU call site, on the activation's device."""
 
-    def __init__(self, units: int, unit_dim: int, device: torch.device, folded: bool) -> None:
+    def __init__(
+        self, units: int, unit_dim: int, device: torch.device, folded: bool, index: int
+    ) -> None:
         self.units, self.unit_dim, self.folded = units, unit_dim, folded
         self.nan_safe = device.type != "cpu"  # on a GPU: no host sync per call
         self.two_d = False  # (N, F): the active counts are the firing counts
@@ -110,6 +122,9 @@ class Site:
             self.abs_sum = torch.zeros(units, dtype=torch.float64, device=device)
             self.active = torch.zeros(units, dtype=torch.float64, device=device)
             self.grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+            self.grad_norm_sq_sum = torch.zeros((), dtype=torch.float64, device=device)
+            self.grad_abs_max = torch.zeros(units, dtype=torch.float32, device=device)
+        self.sample = Reservoir(units, unit_dim, device, site_rng(0, index), SAMPLE_ROWS)
 
     def inner(self, ndim: int) -> tuple[int, ...]:
         return tuple(d for d in range(ndim) if d not in (0, self.unit_dim))
@@ -138,9 +153,15 @@ class Site:
             self.fires += torch.count_nonzero(per_sample, dim=0)
         self.abs_sum += mass
         self.active += active
+        self.sample.observe(out)
 
     def grad(self, g: torch.Tensor) -> None:
-        self.grad_norm_sum += torch.linalg.vector_norm(g, dtype=torch.float32)
+        norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        self.grad_norm_sum += norm
+        self.grad_norm_sq_sum += norm.double().square()
+        dims = (0,) if self.folded else (0, *self.inner(g.ndim))  # folded: (N*T, F) as made
+        peak = torch.linalg.vector_norm(g, ord=math.inf, dim=dims, dtype=torch.float32)
+        torch.maximum(self.grad_abs_max, peak, out=self.grad_abs_max)
         self.grad_calls += 1
 
     def totals(self) -> SiteTotals:
@@ -157,6 +178,10 @@ class Site:
             abs_sum=self.abs_sum.cpu().numpy(),
             active=counts(self.active),
             grad_norm_sum=float(self.grad_norm_sum),
+            grad_norm_sq_sum=float(self.grad_norm_sq_sum),
+            grad_abs_max=self.grad_abs_max.double().cpu().numpy(),
+            sample_rows=self.sample.result()[0],
+            sample_keys=self.sample.result()[1],
         )
 
 
@@ -188,7 +213,7 @@ class Floor:
         if site is None:
             n, rows = x.shape[0], self._rows
             folded = x.ndim == 2 and n != rows and n % rows == 0
-            site = Site(x.shape[1], 1 + folded, x.device, folded)
+            site = Site(x.shape[1], 1 + folded, x.device, folded, len(self.sites))
             self.sites[(owner, index)] = site
         return site, self.view(site, x)
 
@@ -312,6 +337,17 @@ def compare(floor: FloorResult, report: Any) -> tuple[bool, str]:
                 problems.append("abs_sum")
             if not math.isclose(u.grad_norm_sum, f.grad_norm_sum, rel_tol=1e-5, abs_tol=1e-12):
                 problems.append("grad_norm")
+            if f.grad_calls and not math.isclose(
+                u.grad_norm_sq_sum, f.grad_norm_sq_sum, rel_tol=1e-5, abs_tol=1e-12
+            ):
+                problems.append("grad_norm_sq")
+            if f.grad_calls and not np.allclose(u.grad_abs_max, f.grad_abs_max, rtol=1e-6):
+                problems.append("grad_abs_max")
+            if not (
+                np.array_equal(u.sample_keys, f.sample_keys)
+                and np.array_equal(u.sample_rows, f.sample_rows)
+            ):
+                problems.append("row sample")
             if s.dead != int((f.fires == 0).sum()):
                 problems.append("dead")
         if problems:

@@ -17,7 +17,7 @@ from torch import nn
 
 import relu_doctor
 from relu_doctor.analyze.causes import ROUNDING
-from relu_doctor.analyze.layers import producing_layer
+from relu_doctor.analyze.layers import _row_norms, producing_layer
 from relu_doctor.analyze.report import ModelReport, SiteReport
 from relu_doctor.scanner.topology import SiteTopology
 from tests.fixtures.models import ConvNet, GradNet, positive_inputs
@@ -430,3 +430,31 @@ def test_a_layer_that_cannot_be_read_leaves_its_units_unknown(
     assert notes(report, "act")[0] == (
         "could not read layer fc: RuntimeError: sparse tensors do not have strides"
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "transposed", "groups"),
+    [((6, 5), False, 1), ((6, 4, 3, 3), False, 2), ((6, 3, 3, 3), True, 1), ((6, 2, 3), True, 3)],
+)
+def test_row_norms_match_float64_per_output_unit(
+    shape: tuple[int, ...], transposed: bool, groups: int
+) -> None:
+    """Row norms are summed in float32 for speed; rows whose squares overflow (1e25) or
+    underflow (1e-30) in float32 are summed again in float64, so every norm is the float64
+    one to float32 rounding, and exact zeros stay 0 (collapsed units)."""
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    w[0] *= 1e25
+    w[1] *= 1e-30
+    w[2] = 0
+    if transposed:  # (in, out/groups, *k): output unit j of group g reads w[g*in_g:(g+1)*in_g, j]
+        in_g = shape[0] // groups
+        ref = [
+            w[g * in_g : (g + 1) * in_g, j].double().norm().item()
+            for g in range(groups)
+            for j in range(shape[1])
+        ]
+    else:
+        ref = [w[j].double().norm().item() for j in range(shape[0])]
+    got = _row_norms(w, transposed, groups)
+    assert got.shape == (len(ref),)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)

@@ -20,6 +20,7 @@ within that band of the threshold the cause is ``unknown`` instead of a guess.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,7 +156,9 @@ def decide(
     median = float(np.median(producer.row_norm)) if units else 0.0
     collapsed = (producer.row_norm <= COLLAPSED_RATIO * median) & (producer.bias <= 0)
     starved = _starved(producer, upstream, dead[~collapsed[dead]])
-    for j in (int(i) for i in dead):
+    # Python floats: per-unit numpy scalars would cost more than the decisions themselves
+    wx_l, tol_l, max_l, b_l = (a.tolist() for a in (wx, tol, max_pre, producer.bias))
+    for j in dead.tolist():
         if collapsed[j]:
             cause[j] = "collapsed"
             note[j] = (
@@ -166,7 +169,7 @@ def decide(
         elif j in starved:
             cause[j], note[j] = "starved", starved[j]
         else:
-            cause[j], note[j] = _weight_part(producer, j, wx[j], tol[j], max_pre[j], eps)
+            cause[j], note[j] = _weight_part(producer, b_l[j], wx_l[j], tol_l[j], max_l[j], eps)
     return UnitCauses(cause, note, wx, upstream.name if starved and upstream else None)
 
 
@@ -177,31 +180,31 @@ def _starved(producer: Producer, upstream: _Upstream | None, units: np.ndarray) 
     reads = producer.reads(units, upstream.zero.shape[0])
     if reads is None:
         return {}
+    reads_any = reads.any(axis=1)
+    reads_live = (reads & ~upstream.zero[None, :]).any(axis=1)
     out = {}
-    for row, j in enumerate(units):
-        r = reads[row]
-        if r.any() and not (r & ~upstream.zero).any():
-            ids = np.unique(upstream.unit_of[r])
-            shown = ", ".join(str(i) for i in ids[:6]) + (", ..." if ids.size > 6 else "")
-            out[int(j)] = (
-                f"reads only units {shown} of {upstream.name} with a non-zero weight, and those "
-                f"were 0 on every sample: fix {upstream.name} first"
-            )
+    for row in np.flatnonzero(reads_any & ~reads_live):  # usually few: a note each
+        ids = np.unique(upstream.unit_of[reads[row]])
+        shown = ", ".join(str(i) for i in ids[:6]) + (", ..." if ids.size > 6 else "")
+        out[int(units[row])] = (
+            f"reads only units {shown} of {upstream.name} with a non-zero weight, and those "
+            f"were 0 on every sample: fix {upstream.name} first"
+        )
     return out
 
 
 def _weight_part(
-    producer: Producer, j: int, wx: float, tol: float, max_pre: float, eps: float
+    producer: Producer, b: float, wx: float, tol: float, max_pre: float, eps: float
 ) -> tuple[str, str]:
-    """``bias``, ``weights`` or ``unknown`` from the largest weight part ``w·x``."""
-    b = producer.bias[j]
+    """``bias``, ``weights`` or ``unknown`` from the largest weight part ``w·x`` (``b`` the
+    unit's bias)."""
     if producer.batch_stats:
         return "unknown", (
             f"{producer.norm} normalises each batch with that batch's statistics (train mode, "
             "or no running statistics), so b changes per batch: scan in eval mode to tell "
             "bias from weights"
         )
-    if not (np.isfinite(max_pre) and np.isfinite(wx)):
+    if not (math.isfinite(max_pre) and math.isfinite(wx)):
         return "unknown", "its pre-activation saw NaN or Inf"
     threshold = "0" if eps == 0 else f"eps = {eps:g}"
     if wx > eps + tol:

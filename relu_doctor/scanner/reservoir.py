@@ -46,12 +46,18 @@ class Reservoir:
         self.rng = rng
         self.keys = np.full(capacity, np.inf)  # +inf marks an empty slot
         self.filled = 0  # slots [0, filled) hold rows
-        self._journal: list[tuple[np.ndarray, torch.Tensor, np.ndarray, int]] | None = None
+        self._journal: list[tuple[np.ndarray, torch.Tensor, np.ndarray, int, np.ndarray]] | None = (
+            None
+        )
         self._rng_state: Any = None
-        # Grown as rows arrive (doubling, up to ``capacity``): a short scan of a wide layer
-        # never holds 1024 x units floats it does not need.
+        # A short scan of a wide layer must not hold 1024 x units floats it does not need.
+        # On the host the whole block is reserved at once, uninitialised: the OS commits its
+        # pages only as rows are written (no fill, no copies when it grows). An accelerator
+        # commits what it allocates, so there the block grows as rows arrive (doubling).
         with torch.inference_mode(False):  # updatable in and out of inference mode
-            self.rows = torch.zeros(0, units, dtype=torch.float32, device=device)
+            self.rows = torch.empty(
+                capacity if device.type == "cpu" else 0, units, dtype=torch.float32, device=device
+            )
 
     def observe(self, out: torch.Tensor) -> None:
         """Offer every sample of ``out`` (samples in dim 0) to the reservoir."""
@@ -73,8 +79,10 @@ class Reservoir:
             free = np.concatenate([np.arange(m, self.capacity), np.flatnonzero(~kept)])
             slots = free[: take.size]  # empty slots first, then the evicted ones
         self._reserve(min(m + n, self.capacity))
-        if self._journal is not None:  # what a rollback must put back
-            self._journal.append((slots, self.rows[slots].clone(), self.keys[slots].copy(), m))
+        if self._journal is not None:  # what a rollback must put back: the evicted rows
+            evicted = slots[slots < m]  # (slots past ``filled`` held nothing)
+            saved = self.rows[torch.from_numpy(evicted).to(self.rows.device)].clone()
+            self._journal.append((evicted, saved, self.keys[slots].copy(), m, slots))
         self.keys[slots] = keys[take]
         self.filled = min(m + n, self.capacity)
         rows = self._rows(out, take).to(torch.float32)
@@ -92,7 +100,7 @@ class Reservoir:
             return
         size = min(max(rows, 2 * have), self.capacity)
         with torch.inference_mode(False):
-            grown = torch.zeros(size, self.units, dtype=self.rows.dtype, device=self.rows.device)
+            grown = torch.empty(size, self.units, dtype=self.rows.dtype, device=self.rows.device)
             grown[:have] = self.rows
         self.rows = grown
 
@@ -105,8 +113,9 @@ class Reservoir:
     def rollback(self) -> None:
         """Undo every ``observe`` since ``begin_journal``, the random draws included."""
         assert self._journal is not None
-        for slots, rows, keys, filled in reversed(self._journal):
-            self.rows[torch.from_numpy(slots).to(self.rows.device)] = rows
+        for evicted, rows, keys, filled, slots in reversed(self._journal):
+            if evicted.size:
+                self.rows[torch.from_numpy(evicted).to(self.rows.device)] = rows
             self.keys[slots] = keys
             self.filled = filled
         self.rng.bit_generator.state = self._rng_state
