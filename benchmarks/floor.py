@@ -59,28 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relu_doctor.scanner.accumulate import Scratch  # one reused buffer per dtype, as the scan
 from relu_doctor.scanner.reservoir import SAMPLE_ROWS, Reservoir, site_rng
-
-
-class Scratch:
-    """One reusable buffer per (device, dtype), viewed per shape: no allocation per call."""
-
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._views: dict[tuple[torch.device, torch.dtype, torch.Size], torch.Tensor] = {}
-
-    def like(self, t: torch.Tensor) -> torch.Tensor:
-        view = self._views.get((t.device, t.dtype, t.shape))
-        if view is not None:
-            return view
-        buf = self._bufs.get((t.device, t.dtype))
-        if buf is None or buf.numel() < t.numel():
-            with torch.inference_mode(False):  # usable in and out of inference mode
-                buf = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
-            self._bufs[(t.device, t.dtype)] = buf
-            self._views.clear()
-        view = self._views[(t.device, t.dtype, t.shape)] = buf[: t.numel()].view(t.shape)
-        return view
 
 
 @dataclass

@@ -28,3 +28,11 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return folder
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in an empty folder (no pyproject.toml above it) with no trust from the env:
+    command-line tests use it with ``pytestmark = pytest.mark.usefixtures("isolated")``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)

@@ -27,11 +27,7 @@ from tests.test_config import write_config
 PLANTED = ("healthy", "mlp", "deep", "all_dead")
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run in an empty folder (no pyproject.toml above it) with no trust from the env."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture

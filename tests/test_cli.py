@@ -20,10 +20,11 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
 
 import relu_doctor
 from relu_doctor.cli import main
+from tests.fixtures.cli import error_line, ok
+from tests.fixtures.cli import invoke as run
 
 FAST = ["--batches", "2", "--no-grad"]
 N = 64  # samples per site with FAST (2 batches of the default 32)
@@ -37,39 +38,12 @@ SITE_KEYS = CSV_HEADER.split(",")
 # --- helpers -------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run in an empty folder (no pyproject.toml above it) with no trust from the env."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture
 def m(planted_models: Any) -> Any:
     return planted_models
-
-
-def run(*args: Any, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], env=env)
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def error_line(result: Result, *needles: str, code: int = 2) -> str:
-    """Exit ``code``, stderr is exactly one line starting `Error: ` holding every needle."""
-    assert result.exit_code == code, (result.exit_code, result.stderr, result.exception)
-    out = result.stdout + result.stderr
-    assert "Traceback" not in out
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("Error: "), line
-    for needle in needles:
-        assert needle.lower() in line.lower(), (needle, line)
-    return line
 
 
 def table_row(stdout: str, site: str) -> list[str]:

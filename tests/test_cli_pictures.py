@@ -14,11 +14,7 @@ import pytest
 import relu_doctor
 from tests.test_cli import FAST, error_line, ok, run
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-", ".svg": b"<?xml"}

@@ -15,10 +15,7 @@ from tests.test_table import table_lines
 FAMILY = ("tests.fixtures.models:ReLU6Model", "--input-shape", "4", *FAST)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def names(stdout: str) -> list[str]:

@@ -11,12 +11,7 @@ import pytest
 
 from tests.test_cli import CSV_HEADER, FAST, N, csv_rows, error_line, ok, run
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run in an empty folder (no pyproject.toml above it) with no trust from the env."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture

@@ -14,38 +14,23 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from torch import nn
 
 import relu_doctor
-from relu_doctor.cli import main
 from relu_doctor.errors import InputError, UsageError
 from relu_doctor.scanner.batches import array_to_tensor
+from tests.fixtures.cli import error_line, invoke, ok
 from tests.fixtures.models import plant
 
 DEAD = [1, 4]  # planted dead units of the first layer
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def run(*args: Any) -> Result:
-    return CliRunner().invoke(main, ["scan", *map(str, args)])
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def error_line(result: Result) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    return lines[0]
+    return invoke("scan", *args)
 
 
 def mlp(dtype: torch.dtype = torch.float32) -> nn.Sequential:

@@ -14,38 +14,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import relu_doctor
-from relu_doctor.cli import main
 from relu_doctor.errors import InputError, a_kind
 from relu_doctor.output.table import summary
 from relu_doctor.scanner.batches import Batch, Batches, Rebatched, TailJoined, as_batches
+from tests.fixtures.cli import error_line, invoke, ok
 from tests.fixtures.loading import pt2_bytes
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def run(*args: Any) -> Result:
-    return CliRunner().invoke(main, ["scan", *map(str, args)])
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
-    return result
-
-
-def error_line(result: Result) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
-    return lines[0]
+    return invoke("scan", *args)
 
 
 def report_json(path: str = "r.json") -> dict[str, Any]:

@@ -13,42 +13,21 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from relu_doctor.cli import main
+from tests.fixtures.cli import error_line, ok
+from tests.fixtures.cli import invoke as run
 from tests.fixtures.models import ScriptNet, positive_inputs
 
 FAST = ["--batches", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 @pytest.fixture
 def m(planted_models: Any) -> Any:
     return planted_models
-
-
-def run(*args: Any) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.exit_code, result.stderr, result.exception)
-    return result
-
-
-def error_line(result: Result, *needles: str) -> str:
-    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
-    assert "Traceback" not in result.stdout + result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def dead_per_site(*args: Any) -> dict[str, int]:

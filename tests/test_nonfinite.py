@@ -24,11 +24,7 @@ from relu_doctor.cli import main
 from relu_doctor.output.document import Document
 from relu_doctor.output.table import plain_text, summary
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def run(*args: Any) -> Result:

@@ -19,10 +19,7 @@ from tests.test_cli import ok, run
 RESNET = "tests.fixtures.resnet:ResNet50"
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RELU_DOCTOR_TRUST", raising=False)
+pytestmark = pytest.mark.usefixtures("isolated")
 
 
 def table_lines(stdout: str) -> list[list[str]]:

@@ -160,6 +160,19 @@ def scan_models(
     return items
 
 
+def load_from_options(spec: str, opts: dict[str, Any], trust: bool, device: Any) -> LoadedModel:
+    """``load_model`` with the loading options of a command (``--arch``, ``--verify``,
+    ``--strict``)."""
+    return load_model(
+        spec,
+        arch=opts.get("arch"),
+        trust=trust,
+        device=device,
+        verify=opts["verify"],
+        strict=opts["strict"],
+    )
+
+
 def _scan_one(
     spec: str,
     opts: dict[str, Any],
@@ -171,14 +184,7 @@ def _scan_one(
     after: AfterScan | None = None,
 ) -> ModelReport:
     with console.spinner(f"loading {names[spec]}"):
-        loaded = load_model(
-            spec,
-            arch=opts.get("arch"),
-            trust=trust,
-            device=device,
-            verify=opts["verify"],
-            strict=opts["strict"],
-        )
+        loaded = load_from_options(spec, opts, trust, device)
     with console.progress_bar(f"scanning {loaded.name}") as progress:
         report = scan(
             loaded,

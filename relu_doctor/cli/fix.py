@@ -9,13 +9,19 @@ from typing import Any
 import click
 
 from relu_doctor.cli import console
-from relu_doctor.cli.common import Targets, check_models, command_line, targets
+from relu_doctor.cli.common import (
+    Targets,
+    check_models,
+    command_line,
+    load_from_options,
+    targets,
+)
 from relu_doctor.device import resolve_device
 from relu_doctor.errors import RepairError
 from relu_doctor.fix import save
 from relu_doctor.fix.repair import repair
 from relu_doctor.load.data import batch_factory
-from relu_doctor.load.model import load_model, trust_from_env
+from relu_doctor.load.model import trust_from_env
 from relu_doctor.output import proof_emit
 from relu_doctor.output.document import Document
 from relu_doctor.output.files import write_atomic
@@ -34,14 +40,7 @@ def run_fix(model: str, opts: dict[str, Any]) -> int:
         raise RepairError(refusal, param="to")
     trust = bool(opts.get("trust")) or trust_from_env()
     device = resolve_device(opts.get("device") or "auto")
-    loaded = load_model(
-        model,
-        arch=opts.get("arch"),
-        trust=trust,
-        device=device,
-        verify=opts["verify"],
-        strict=opts["strict"],
-    )
+    loaded = load_from_options(model, opts, trust, device)
     data = (
         batch_factory(opts["data"], batch_size=opts["batch_size"])() if opts.get("data") else None
     )
