@@ -160,6 +160,24 @@ def scan_models(
     return items
 
 
+def scan_options(opts: dict[str, Any], device: Any) -> dict[str, Any]:
+    """The keyword arguments of ``scan`` (and of ``repair``'s scans) that the scanning
+    options of a command set."""
+    return {
+        "batch_size": opts["batch_size"],
+        "batches": opts.get("batches"),
+        "grad": opts["grad"],
+        "mode": opts["mode"],
+        "device": device,
+        "eps": opts["eps"],
+        "input_shape": opts.get("input_shape"),
+        "seed": opts["seed"],
+        "unit_dim": opts.get("unit_dim"),
+        "near_dead": opts["near_dead"],
+        "tau": opts["tau"],
+    }
+
+
 def load_from_options(spec: str, opts: dict[str, Any], trust: bool, device: Any) -> LoadedModel:
     """``load_model`` with the loading options of a command (``--arch``, ``--verify``,
     ``--strict``)."""
@@ -189,18 +207,8 @@ def _scan_one(
         report = scan(
             loaded,
             fresh() if fresh is not None else None,
-            batch_size=opts["batch_size"],
-            batches=opts.get("batches"),
-            grad=opts["grad"],
-            mode=opts["mode"],
-            device=device,
-            eps=opts["eps"],
-            input_shape=opts.get("input_shape"),
+            **scan_options(opts, device),
             scale=opts.get("scale", "auto"),
-            seed=opts["seed"],
-            unit_dim=opts.get("unit_dim"),
-            near_dead=opts["near_dead"],
-            tau=opts["tau"],
             name=names[spec] if count > 1 else loaded.name,
             progress=progress,
         )
@@ -240,6 +248,11 @@ def write_outputs(doc: Document, where: Targets, *, summary_only: bool = False) 
     for path, fmt in where.files:
         write_atomic(path, fmt.emit(doc))
         click.echo(f"wrote {path}", err=True)
+    write_units(where, doc)
+
+
+def write_units(where: Targets, doc: Document) -> None:
+    """The per-unit dump of ``--units FILE``, when asked for."""
     if where.units is not None:
         path, fmt = where.units
         assert fmt.units is not None

@@ -14,7 +14,9 @@ from relu_doctor.cli.common import (
     check_models,
     command_line,
     load_from_options,
+    scan_options,
     targets,
+    write_units,
 )
 from relu_doctor.device import resolve_device
 from relu_doctor.errors import RepairError
@@ -52,17 +54,7 @@ def run_fix(model: str, opts: dict[str, Any]) -> int:
             sites=opts.get("sites"),
             slope=opts["slope"],
             alpha=opts["alpha"],
-            seed=opts["seed"],
-            batch_size=opts["batch_size"],
-            batches=opts.get("batches"),
-            grad=opts["grad"],
-            mode=opts["mode"],
-            device=device,
-            eps=opts["eps"],
-            input_shape=opts.get("input_shape"),
-            unit_dim=opts.get("unit_dim"),
-            near_dead=opts["near_dead"],
-            tau=opts["tau"],
+            **scan_options(opts, device),
             name=loaded.name,
             repaired_name=Path(out).name,
             progress=progress,
@@ -90,8 +82,4 @@ def _write(doc: Document, where: Targets) -> None:
         assert fmt.fix is not None
         write_atomic(path, fmt.fix(doc))
         click.echo(f"wrote {path}", err=True)
-    if where.units is not None:
-        path, fmt = where.units
-        assert fmt.units is not None
-        write_atomic(path, fmt.units(doc))
-        click.echo(f"wrote {path}", err=True)
+    write_units(where, doc)
